@@ -1,0 +1,3 @@
+"""Pipeline as code for Python services."""
+
+__version__ = "0.1.0"

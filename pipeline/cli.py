@@ -1,0 +1,186 @@
+"""The `pipeline` command. Exit codes are decided here and only here."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from . import __version__
+from .backends.docker import DockerBackend
+from .errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Interrupted,
+    PipelineError,
+    StepFailed,
+)
+from .graph import plan
+from .results import Status
+from .run import RunRecord, execute, prepare, write_record
+from .ui import LiveView, failure_details, summary_table
+
+log = logging.getLogger("pipeline")
+stderr = Console(stderr=True)
+
+
+def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.argument(
+        "path",
+        type=click.Path(path_type=Path),
+        default=".",
+        required=False,
+    )(function)
+    function = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(path_type=Path),
+        help="Settings file (pipeline.toml, or a pyproject.toml with [tool.pipeline]).",
+    )(function)
+    function = click.option(
+        "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout."
+    )(function)
+    return function
+
+
+@click.group()
+@click.version_option(__version__, prog_name="pipeline")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Lint, test, build and scan a Python project in containers."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_path=False)],
+    )
+
+
+def _run(
+    steps: list[str],
+    path: Path,
+    config_file: Path | None,
+    as_json: bool,
+    overrides: dict[str, Any] | None = None,
+    image: str | None = None,
+) -> None:
+    prepared = prepare(path, config_file, overrides)
+    if image is not None:
+        prepared.context.image = image
+    names = [step.name for step in plan(steps) if not (image and step.name == "build")]
+    record = anyio.run(_run_async, prepared, steps, names)
+    _report(record, as_json)
+    if record.interrupted:
+        raise Interrupted("interrupted; the run's containers were removed")
+    if not record.ok:
+        failed = [r.name for r in record.results if r.status is Status.FAILED]
+        raise StepFailed(f"failed: {', '.join(failed)}")
+
+
+async def _run_async(prepared: Any, steps: list[str], names: list[str]) -> RunRecord:
+    backend = DockerBackend(
+        prepared.record.run_id, prepared.redactor, prepared.settings.docker_cli
+    )
+    record: RunRecord = prepared.record
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        record.interrupted = True
+                        group.cancel_scope.cancel()
+                        return
+
+            group.start_soon(watch_signals)
+            with LiveView(stderr, names) as view:
+                await execute(prepared, steps, backend, view.update)
+            group.cancel_scope.cancel()
+    finally:
+        await backend.close()
+    return record
+
+
+def _report(record: RunRecord, as_json: bool) -> None:
+    record_path = write_record(record)
+    if record.results:
+        stderr.print(summary_table(record.results))
+    for result in record.results:
+        if result.status is Status.FAILED:
+            stderr.print(failure_details(result))
+    if record_path is not None:
+        stderr.print(f"reports: {record.reports_dir}", highlight=False)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(record.to_dict(), indent=2))
+
+
+@cli.command()
+@common_options
+def ci(path: Path, config_file: Path | None, as_json: bool) -> None:
+    """Run lint, test, build and scan."""
+    _run(["lint", "test", "build", "scan"], path, config_file, as_json)
+
+
+@cli.command()
+@common_options
+def lint(path: Path, config_file: Path | None, as_json: bool) -> None:
+    """Run flake8 with the project's configuration."""
+    _run(["lint"], path, config_file, as_json)
+
+
+@cli.command()
+@common_options
+def test(path: Path, config_file: Path | None, as_json: bool) -> None:
+    """Install the project and run pytest."""
+    _run(["test"], path, config_file, as_json)
+
+
+@cli.command()
+@common_options
+def build(path: Path, config_file: Path | None, as_json: bool) -> None:
+    """Build the project's image with BuildKit."""
+    _run(["build"], path, config_file, as_json)
+
+
+@cli.command()
+@common_options
+@click.option("--image", help="Scan this local image instead of building one.")
+def scan(path: Path, config_file: Path | None, as_json: bool, image: str | None) -> None:
+    """Scan the image (built first unless --image) and the source with Trivy."""
+    _run(["scan"], path, config_file, as_json, image=image)
+
+
+def main() -> None:
+    """Run the CLI and turn every outcome into its exit code."""
+    try:
+        exit_code = cli.main(standalone_mode=False)
+    except PipelineError as exc:
+        stderr.print(f"[bold red]Error:[/] {escape_markup(exc.message)}")
+        if exc.hint:
+            stderr.print(f"Hint: {escape_markup(exc.hint)}")
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        stderr.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)
+
+
+def escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -1,0 +1,143 @@
+"""Step descriptions: plain data that any backend can run.
+
+A step module turns settings and the project into these values. A backend
+turns them into containers (Docker Engine) or API calls (Dagger). Nothing here
+knows about either, so both backends run the very same description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret by reference; its value is read only when a container needs it.
+
+    ``uri`` is ``env://NAME`` or ``file://PATH``.
+    """
+
+    name: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """A secret handed to a container, as a file or as a variable, never as
+    a plain argument."""
+
+    secret: SecretRef
+    path: str | None = None
+    env: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheMount:
+    """A named cache kept between runs (pip's download cache, Trivy's DB)."""
+
+    key: str
+    path: str
+
+
+@dataclass(frozen=True)
+class SourceMount:
+    """The project tree copied into the container, minus the excluded paths.
+
+    ``exclude`` holds gitignore-style patterns relative to ``host_path``.
+    """
+
+    host_path: Path
+    path: str
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileMount:
+    """One host file copied into the container (a CA bundle, an ignore file)."""
+
+    host_path: Path
+    path: str
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A built image handed to the step as an image tarball at ``path``."""
+
+    image: str
+    path: str
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One containerized step.
+
+    The backend runs ``setup`` commands in order, each of which must succeed,
+    then every one of ``commands``, whatever their exit codes; their codes
+    and output go back to the step module for judging. ``outputs`` are paths
+    in the container, copied to the reports folder whether the commands
+    passed or not.
+    """
+
+    name: str
+    image: str
+    commands: tuple[tuple[str, ...], ...]
+    workdir: str = "/src"
+    setup: tuple[tuple[str, ...], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    source: SourceMount | None = None
+    files: tuple[FileMount, ...] = ()
+    images: tuple[ImageInput, ...] = ()
+    caches: tuple[CacheMount, ...] = ()
+    secrets: tuple[SecretMount, ...] = ()
+    outputs: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    host_network: bool = False
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """An image build from a Dockerfile with BuildKit."""
+
+    name: str
+    context: Path
+    dockerfile: Path
+    tags: tuple[str, ...]
+    target: str | None = None
+    build_args: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    secrets: tuple[SecretMount, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a backend returns for a StepSpec: one result per command run,
+    and the host paths of the outputs it copied out.
+
+    When a setup command fails, ``setup_failed`` is its result and no
+    command ran.
+    """
+
+    results: tuple[CommandResult, ...]
+    outputs: dict[str, Path]
+    setup_failed: CommandResult | None = None
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    exit_code: int
+    log: str
+    image_id: str | None
+    tags: tuple[str, ...]

@@ -1,0 +1,14 @@
+"""One module per step. Each builds step descriptions from the settings and
+the project, and judges the output of its tool; none imports a backend."""
+
+from __future__ import annotations
+
+from ._context import Context, Step
+from . import build, lint, scan, test
+
+STEPS: dict[str, Step] = {
+    step.NAME: Step(step.NAME, step.NEEDS, step.run)
+    for step in (lint, test, build, scan)
+}
+
+__all__ = ["Context", "STEPS", "Step"]

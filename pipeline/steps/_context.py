@@ -1,0 +1,90 @@
+"""What every step receives, and helpers shared by the container steps."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backends.base import Backend, StepOutputCallback
+from ..config import Settings
+from ..project import Project
+from ..results import StepResult
+from ..spec import CacheMount, FileMount, SourceMount
+
+SOURCE_PATH = "/src"
+REPORTS_PATH = "/reports"
+CA_PATH = "/etc/ssl/certs/pipeline-extra-ca.crt"
+TOOLS_PATH = "/opt/pipeline-tools"
+PIP_CACHE = CacheMount("pip", "/root/.cache/pip")
+TOOLS_CACHE = CacheMount("tools", TOOLS_PATH)
+
+
+@dataclass
+class Context:
+    """The run as the steps see it: project, settings and earlier results."""
+
+    project: Project
+    settings: Settings
+    reports_dir: Path
+    ca_bundle: Path | None
+    results: dict[str, StepResult] = field(default_factory=dict)
+    image: str | None = None  # set by --image, or by the build step
+
+    def source(self) -> SourceMount:
+        return SourceMount(
+            self.project.path, SOURCE_PATH, self.project.ignore_patterns()
+        )
+
+    def common_env(self) -> tuple[tuple[str, str], ...]:
+        env = [
+            ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+            ("PIP_ROOT_USER_ACTION", "ignore"),
+            ("PIP_PROGRESS_BAR", "off"),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+        ]
+        if self.ca_bundle is not None:
+            env += [
+                ("PIP_CERT", CA_PATH),
+                ("SSL_CERT_FILE", CA_PATH),
+                ("REQUESTS_CA_BUNDLE", CA_PATH),
+            ]
+        return tuple(env)
+
+    def ca_files(self) -> tuple[FileMount, ...]:
+        if self.ca_bundle is None:
+            return ()
+        return (FileMount(self.ca_bundle, CA_PATH),)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    needs: tuple[str, ...]
+    run: Callable[[Context, Backend, StepOutputCallback], Awaitable[StepResult]]
+
+
+def tool_venv(image: str, requirement: str) -> tuple[str, tuple[str, ...]]:
+    """Return a tool's virtualenv path and the command that creates it once.
+
+    The virtualenv lives in a cache volume keyed by image and requirement, so
+    a warm run installs nothing. It is built under a temporary name and
+    renamed, so a run interrupted halfway leaves no broken tool behind.
+    """
+    key = hashlib.sha256(f"{image}\0{requirement}".encode()).hexdigest()[:16]
+    venv = f"{TOOLS_PATH}/{key}"
+    script = (
+        f"test -e {venv}/.complete && exit 0; "
+        f"tmp=$(mktemp -d {TOOLS_PATH}/.tmp-XXXXXX) && "
+        f'python3 -m venv "$tmp" && '
+        f'"$tmp/bin/python" -m pip install --quiet {shlex.quote(requirement)} && '
+        f'touch "$tmp/.complete" && '
+        f'(mv -T "$tmp" {venv} 2>/dev/null || rm -rf "$tmp")'
+    )
+    return venv, ("sh", "-c", script)
+
+
+def tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])

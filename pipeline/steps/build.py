@@ -1,0 +1,132 @@
+"""build: the project's Dockerfile with BuildKit, tagged and labelled from git."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from ..backends.base import Backend, StepOutputCallback
+from ..errors import ConfigError
+from ..results import Finding, Status, StepResult
+from ..spec import BuildOutput, BuildSpec, SecretMount, SecretRef
+from ._context import Context, tail
+
+NAME = "build"
+NEEDS: tuple[str, ...] = ()
+
+# Docker tags: at most 128 of [A-Za-z0-9_.-], not starting with . or -
+TAG_INVALID = re.compile(r"[^A-Za-z0-9_.-]")
+# BuildKit names the failing instruction as " > [stage 2/4] RUN ...:" and,
+# in newer clients, quotes the Dockerfile line as "Dockerfile:12" + ">>> ...".
+FAILED_STEP = re.compile(r"^\s*> \[(?:[^\]]*)\] (?P<instruction>.+?):?\s*$", re.MULTILINE)
+DOCKERFILE_LINE = re.compile(r"^(?P<file>\S*Dockerfile[^:\s]*):(?P<line>\d+)\s*$", re.MULTILINE)
+ERROR_LINE = re.compile(r"^(?:ERROR|error): (?P<message>.+)$", re.MULTILINE)
+
+
+def docker_tag(value: str) -> str:
+    return TAG_INVALID.sub("-", value).lstrip(".-")[:128] or "untagged"
+
+
+def describe(ctx: Context) -> BuildSpec:
+    settings = ctx.settings.build
+    project = ctx.project
+    dockerfile = project.path / settings.dockerfile
+    context = project.path / settings.context
+    if not dockerfile.is_file():
+        raise ConfigError(
+            f"Dockerfile not found: {dockerfile} (setting build.dockerfile)",
+            hint="add a Dockerfile, set build.dockerfile to its path, or run "
+            "only `pipeline lint` and `pipeline test`",
+        )
+    if not context.is_dir():
+        raise ConfigError(
+            f"build context not found: {context} (setting build.context)",
+            hint="set build.context to a folder inside the project",
+        )
+
+    name = settings.image_name or project.name
+    git = project.git
+    tags = [f"{name}:{docker_tag(project.revision)}"]
+    if git is not None:
+        tags.append(f"{name}:{git.short}")
+        if git.tag:
+            tags.append(f"{name}:{docker_tag(git.tag)}")
+    version = (git.tag if git and git.tag else None) or (
+        git.short if git else project.revision
+    )
+    labels = [
+        ("org.opencontainers.image.revision", project.revision),
+        ("org.opencontainers.image.created", _now()),
+        ("org.opencontainers.image.version", version),
+        ("org.opencontainers.image.title", name),
+        ("org.opencontainers.image.source", (git.remote_url if git else None) or ""),
+    ]
+    secrets = ()
+    if ctx.ca_bundle is not None:
+        secrets = (SecretMount(SecretRef("ca", f"file://{ctx.ca_bundle}")),)
+    return BuildSpec(
+        name=NAME,
+        context=context,
+        dockerfile=dockerfile,
+        tags=tuple(tags),
+        target=settings.target,
+        build_args=tuple(sorted(settings.build_args.items())),
+        labels=tuple((key, value) for key, value in labels if value),
+        secrets=secrets,
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def parse_build_failure(log: str, dockerfile: str) -> list[Finding]:
+    """Name the instruction that failed and the error BuildKit gave."""
+    errors = [match["message"].strip() for match in ERROR_LINE.finditer(log)]
+    message = errors[-1] if errors else "build failed"
+    line_match = None
+    for line_match in DOCKERFILE_LINE.finditer(log):
+        pass
+    line = int(line_match["line"]) if line_match else None
+    steps = [match["instruction"] for match in FAILED_STEP.finditer(log)]
+    instruction = steps[-1] if steps else None
+    if instruction:
+        message = f"{instruction}: {message}"
+    return [
+        Finding(
+            tool="buildkit",
+            rule="build-error",
+            message=message,
+            path=dockerfile,
+            line=line,
+        )
+    ]
+
+
+def judge(spec: BuildSpec, output: BuildOutput, dockerfile: str) -> StepResult:
+    if output.exit_code != 0 or output.image_id is None:
+        findings = parse_build_failure(output.log, dockerfile)
+        return StepResult(
+            NAME,
+            Status.FAILED,
+            findings[0].message,
+            findings=findings,
+            output=tail(output.log),
+        )
+    return StepResult(
+        NAME,
+        Status.PASSED,
+        f"built {spec.tags[0]}",
+        image=spec.tags[0],
+        details={"image_id": output.image_id, "tags": list(spec.tags)},
+    )
+
+
+async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:
+    spec = describe(ctx)
+    output = await backend.build(spec, on_output)
+    relative = spec.dockerfile.relative_to(ctx.project.path).as_posix()
+    result = judge(spec, output, relative)
+    if result.ok:
+        ctx.image = spec.tags[0]
+    return result

@@ -1,0 +1,278 @@
+"""scan: Trivy on the built image and on the source tree, gated by severity.
+
+Trivy runs with every severity and the gate is applied here, so reports can
+still show findings below the threshold as non-blocking.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..backends.base import Backend, StepOutputCallback
+from ..config import SEVERITIES, ScanSettings
+from ..errors import UsageError
+from ..results import Finding, Status, StepResult
+from ..spec import ExecResult, FileMount, ImageInput, StepSpec
+from ._context import (
+    PIP_CACHE,
+    REPORTS_PATH,
+    SOURCE_PATH,
+    TOOLS_CACHE,
+    CacheMount,
+    Context,
+    tail,
+    tool_venv,
+)
+
+NAME = "scan"
+NEEDS: tuple[str, ...] = ("build",)
+TRIVY_CACHE = CacheMount("trivy", "/root/.cache/trivy")
+IMAGE_TARBALL = "/work/image.tar"
+IGNOREFILE = "/work/trivyignore"
+IMAGE_REPORT = f"{REPORTS_PATH}/trivy-image.json"
+SOURCE_REPORT = f"{REPORTS_PATH}/trivy-source.json"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# Trivy's messages when its vulnerability database cannot be had.
+DB_FAILURE_MARKERS = ("failed to download", "DB error", "db error", "vulnerability DB")
+
+
+def _is_loopback(repository: str | None) -> bool:
+    if not repository:
+        return False
+    host = urlsplit("//" + repository).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _common_flags(settings: ScanSettings, ignorefile: bool) -> list[str]:
+    flags = [
+        "--cache-dir", TRIVY_CACHE.path,
+        "--skip-version-check",
+        "--disable-telemetry",
+        "--skip-java-db-update",
+        "--no-progress",
+        "--quiet",
+        "--timeout", settings.timeout,
+        "--format", "json",
+    ]
+    if settings.checks_bundle_repository:
+        flags += ["--checks-bundle-repository", settings.checks_bundle_repository]
+    else:
+        flags.append("--skip-check-update")
+    if settings.ignore_unfixed:
+        flags.append("--ignore-unfixed")
+    flags += ["--ignorefile", IGNOREFILE if ignorefile else ""]
+    return flags
+
+
+def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> StepSpec:
+    """Describe the scan. Without vulnerabilities, Trivy needs no database."""
+    settings = ctx.settings.scan
+    step_image = settings.image or ctx.settings.image
+    venv, install = tool_venv(step_image, settings.trivy)
+    trivy = f"{venv}/bin/trivy"
+    ignorefile = ctx.project.path / settings.ignorefile
+    has_ignorefile = ignorefile.is_file()
+    flags = _common_flags(settings, has_ignorefile)
+
+    commands: list[tuple[str, ...]] = []
+    image_scanners = "secret"
+    if with_vulnerabilities:
+        commands.append(
+            (
+                trivy, "image", "--download-db-only", "--no-progress",
+                "--cache-dir", TRIVY_CACHE.path,
+                "--db-repository", settings.db_repository,
+                "--skip-version-check", "--disable-telemetry",
+            )
+        )
+        image_scanners = "vuln,secret"
+    commands.append(
+        (
+            trivy, "image", *flags, "--skip-db-update",
+            "--input", IMAGE_TARBALL,
+            "--scanners", image_scanners,
+            "--image-config-scanners", "misconfig,secret",
+            "--output", IMAGE_REPORT,
+        )
+    )
+    if settings.source:
+        commands.append(
+            (
+                trivy, "fs", *flags,
+                "--scanners", "secret,misconfig",
+                "--output", SOURCE_REPORT,
+                SOURCE_PATH,
+            )
+        )
+    files = list(ctx.ca_files())
+    if has_ignorefile:
+        files.append(FileMount(ignorefile, IGNOREFILE))
+    return StepSpec(
+        name=NAME,
+        image=step_image,
+        workdir=SOURCE_PATH,
+        setup=(("mkdir", "-p", REPORTS_PATH, "/work"), install),
+        commands=tuple(commands),
+        env=ctx.common_env(),
+        source=ctx.source() if settings.source else None,
+        files=tuple(files),
+        images=(ImageInput(image, IMAGE_TARBALL),),
+        caches=(PIP_CACHE, TOOLS_CACHE, TRIVY_CACHE),
+        outputs=(IMAGE_REPORT, SOURCE_REPORT) if settings.source else (IMAGE_REPORT,),
+        needs=NEEDS,
+        host_network=_is_loopback(settings.db_repository),
+    )
+
+
+def parse_trivy(report: dict[str, Any], gate: set[str], origin: str) -> list[Finding]:
+    """Turn a Trivy JSON report into findings; ``gate`` holds the blocking
+    severities. ``origin`` prefixes targets inside the image (``image:``)."""
+    findings: list[Finding] = []
+    for result in report.get("Results") or []:
+        target = result.get("Target") or ""
+        path = target if origin == "source" else f"{origin}:{target}"
+        for vuln in result.get("Vulnerabilities") or []:
+            severity = vuln.get("Severity", "UNKNOWN")
+            package = vuln.get("PkgName")
+            findings.append(
+                Finding(
+                    tool="trivy",
+                    rule=vuln.get("VulnerabilityID", "?"),
+                    message=f"{package} {vuln.get('InstalledVersion', '')}: "
+                    f"{vuln.get('Title') or vuln.get('Description', '')[:120]}".strip(),
+                    path=path,
+                    severity=severity,
+                    blocking=severity in gate,
+                    package=package,
+                    installed_version=vuln.get("InstalledVersion"),
+                    fixed_version=vuln.get("FixedVersion") or None,
+                )
+            )
+        for secret in result.get("Secrets") or []:
+            severity = secret.get("Severity", "UNKNOWN")
+            findings.append(
+                Finding(
+                    tool="trivy",
+                    rule=secret.get("RuleID", "secret"),
+                    message=f"secret: {secret.get('Title', '')}",
+                    path=path,
+                    line=secret.get("StartLine"),
+                    severity=severity,
+                    blocking=severity in gate,
+                )
+            )
+        for misconfig in result.get("Misconfigurations") or []:
+            if misconfig.get("Status") != "FAIL":
+                continue
+            severity = misconfig.get("Severity", "UNKNOWN")
+            cause = misconfig.get("CauseMetadata") or {}
+            findings.append(
+                Finding(
+                    tool="trivy",
+                    rule=misconfig.get("ID") or misconfig.get("AVDID", "?"),
+                    message=misconfig.get("Message") or misconfig.get("Title", ""),
+                    path=path,
+                    line=cause.get("StartLine") or None,
+                    severity=severity,
+                    blocking=severity in gate,
+                )
+            )
+    return findings
+
+
+def _load(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _db_failed(execution: ExecResult) -> bool:
+    return bool(execution.results) and execution.results[0].exit_code != 0
+
+
+def judge(
+    execution: ExecResult, settings: ScanSettings, vulnerabilities_scanned: bool
+) -> StepResult:
+    if execution.setup_failed is not None:
+        return StepResult(
+            NAME,
+            Status.FAILED,
+            "installing trivy failed",
+            output=tail(execution.setup_failed.output),
+        )
+    for result in execution.results:
+        if result.exit_code != 0:
+            return StepResult(
+                NAME,
+                Status.FAILED,
+                f"trivy failed with exit code {result.exit_code}: "
+                + " ".join(result.command[1:3]),
+                output=tail(result.output),
+            )
+    gate = set(settings.severity)
+    findings: list[Finding] = []
+    reports = []
+    for container_path, origin in ((IMAGE_REPORT, "image"), (SOURCE_REPORT, "source")):
+        host_path = execution.outputs.get(container_path)
+        report = _load(host_path)
+        if host_path is not None and report is not None:
+            reports.append(host_path)
+            findings += parse_trivy(report, gate, origin)
+    if IMAGE_REPORT not in execution.outputs:
+        return StepResult(NAME, Status.FAILED, "trivy wrote no image report")
+
+    blocking = [finding for finding in findings if finding.blocking]
+    order = {severity: index for index, severity in enumerate(reversed(SEVERITIES))}
+    findings.sort(key=lambda f: (not f.blocking, order.get(f.severity or "", 9)))
+    gate_text = ",".join(sorted(gate, key=lambda s: order[s]))
+    details: dict[str, object] = {"vulnerabilities_scanned": vulnerabilities_scanned}
+    note = "" if vulnerabilities_scanned else " (no vulnerability database: secrets and misconfigurations only)"
+    if blocking:
+        return StepResult(
+            NAME,
+            Status.FAILED,
+            f"{len(blocking)} finding(s) at {gate_text}{note}",
+            findings=findings,
+            reports=reports,
+            details=details,
+        )
+    summary = f"no findings at {gate_text}"
+    if findings:
+        summary += f", {len(findings)} below the threshold"
+    return StepResult(
+        NAME, Status.PASSED, summary + note, findings=findings, reports=reports, details=details
+    )
+
+
+async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:
+    if ctx.image is None:
+        raise UsageError("no image to scan", hint="run build first or pass --image")
+    settings = ctx.settings.scan
+    spec = describe(ctx, ctx.image)
+    execution = await backend.run(spec, ctx.reports_dir, on_output)
+    if execution.setup_failed is None and _db_failed(execution):
+        db_output = tail(execution.results[0].output, 15)
+        if not settings.allow_missing_vuln_db:
+            return StepResult(
+                NAME,
+                Status.FAILED,
+                "vulnerability database could not be downloaded from "
+                f"{settings.db_repository}; set scan.db_repository to a reachable "
+                "mirror, or scan.allow_missing_vuln_db = true to scan without it",
+                output=db_output,
+                image=ctx.image,
+            )
+        spec = describe(ctx, ctx.image, with_vulnerabilities=False)
+        execution = await backend.run(spec, ctx.reports_dir, on_output)
+        result = judge(execution, settings, vulnerabilities_scanned=False)
+    else:
+        result = judge(execution, settings, vulnerabilities_scanned=True)
+    result.image = ctx.image
+    return result

@@ -1,0 +1,144 @@
+"""test: install the project's dependencies and run pytest with a JUnit report."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+from ..backends.base import Backend, StepOutputCallback
+from ..results import Finding, Status, StepResult
+from ..spec import ExecResult, StepSpec
+from ._context import PIP_CACHE, REPORTS_PATH, SOURCE_PATH, Context, tail
+
+NAME = "test"
+NEEDS: tuple[str, ...] = ()
+REPORT = f"{REPORTS_PATH}/junit.xml"
+
+# pytest exit codes (pytest.ExitCode)
+EXIT_OK = 0
+EXIT_TESTS_FAILED = 1
+EXIT_NO_TESTS = 5
+
+# The short summary that -rfE prints: "FAILED tests/test_x.py::test_y - msg"
+SUMMARY_LINE = re.compile(
+    r"^(?P<kind>FAILED|ERROR) (?P<nodeid>\S+)(?: - (?P<message>.*))?$", re.MULTILINE
+)
+
+
+def describe(ctx: Context) -> StepSpec:
+    settings = ctx.settings.test
+    project = ctx.project
+    pip = ("python", "-m", "pip", "install", "--quiet")
+    setup: list[tuple[str, ...]] = [("mkdir", "-p", REPORTS_PATH)]
+    for requirements in project.requirement_files:
+        setup.append((*pip, "-r", requirements))
+    if settings.install_project and project.is_installable:
+        setup.append((*pip, "."))
+    setup.append((*pip, settings.pytest))
+    command = (
+        "python",
+        "-m",
+        "pytest",
+        f"--junitxml={REPORT}",
+        "-o",
+        "junit_family=xunit2",
+        "-rfE",
+        "-p",
+        "no:cacheprovider",
+        *settings.args,
+    )
+    return StepSpec(
+        name=NAME,
+        image=settings.image or ctx.settings.image,
+        workdir=SOURCE_PATH,
+        setup=tuple(setup),
+        commands=(command,),
+        env=ctx.common_env(),
+        source=ctx.source(),
+        files=ctx.ca_files(),
+        caches=(PIP_CACHE,),
+        outputs=(REPORT,),
+    )
+
+
+def parse_junit(path: Path) -> dict[str, int]:
+    """Count tests, failures, errors and skips in a JUnit XML report."""
+    root = ElementTree.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in suites:
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+    return counts
+
+
+def parse_failures(output: str) -> list[Finding]:
+    """Turn pytest's short test summary into one finding per failed test."""
+    findings = []
+    for match in SUMMARY_LINE.finditer(output):
+        nodeid = match["nodeid"]
+        findings.append(
+            Finding(
+                tool="pytest",
+                rule=nodeid,
+                message=(match["message"] or match["kind"].lower()).strip(),
+                path=nodeid.split("::", 1)[0],
+            )
+        )
+    return findings
+
+
+def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
+    if execution.setup_failed is not None:
+        command = " ".join(execution.setup_failed.command)
+        return StepResult(
+            NAME,
+            Status.FAILED,
+            f"installing dependencies failed: {command}",
+            output=tail(execution.setup_failed.output),
+        )
+    result = execution.results[0]
+    reports = list(execution.outputs.values())
+    counts = parse_junit(reports[0]) if reports else None
+    details: dict[str, object] = {"counts": counts} if counts else {}
+
+    if result.exit_code == EXIT_NO_TESTS:
+        status = Status.PASSED if allow_no_tests else Status.FAILED
+        return StepResult(
+            NAME,
+            status,
+            "no tests collected"
+            + ("" if allow_no_tests else " (set test.allow_no_tests to accept)"),
+            output=tail(result.output),
+            reports=reports,
+            details=details,
+        )
+    findings = parse_failures(result.stdout)
+    if result.exit_code == EXIT_OK:
+        passed = counts["tests"] - counts["skipped"] if counts else 0
+        summary = f"{passed} passed" if counts else "passed"
+        if counts and counts["skipped"]:
+            summary += f", {counts['skipped']} skipped"
+        return StepResult(NAME, Status.PASSED, summary, reports=reports, details=details)
+    if result.exit_code == EXIT_TESTS_FAILED and counts:
+        summary = f"{counts['failures'] + counts['errors']} of {counts['tests']} failed"
+    else:
+        summary = f"pytest failed with exit code {result.exit_code}"
+    return StepResult(
+        NAME,
+        Status.FAILED,
+        summary,
+        findings=findings,
+        output=tail(result.output),
+        reports=reports,
+        details=details,
+    )
+
+
+async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:
+    spec = describe(ctx)
+    execution = await backend.run(spec, ctx.reports_dir, on_output)
+    result = judge(execution, ctx.settings.test.allow_no_tests)
+    result.image = spec.image
+    return result
