@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -13,6 +14,7 @@ import anyio
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from . import __version__
 from .backends.docker import DockerBackend
@@ -24,8 +26,8 @@ from .errors import (
     StepFailed,
 )
 from .graph import plan
-from .results import Status
-from .run import RunRecord, execute, prepare, write_record
+from .results import Status, StepResult
+from .run import Prepared, RunRecord, execute, prepare, write_record
 from .ui import LiveView, failure_details, summary_table
 
 log = logging.getLogger("pipeline")
@@ -85,28 +87,48 @@ def _run(
         raise StepFailed(f"failed: {', '.join(failed)}")
 
 
-async def _run_async(prepared: Any, steps: list[str], names: list[str]) -> RunRecord:
+async def _run_async(prepared: Prepared, steps: list[str], names: list[str]) -> RunRecord:
     backend = DockerBackend(
         prepared.record.run_id, prepared.redactor, prepared.settings.docker_cli
     )
-    record: RunRecord = prepared.record
+    record = prepared.record
     try:
         async with anyio.create_task_group() as group:
-
-            async def watch_signals() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        record.interrupted = True
-                        group.cancel_scope.cancel()
-                        return
-
-            group.start_soon(watch_signals)
+            group.start_soon(_cancel_on_signal, group.cancel_scope, record)
             with LiveView(stderr, names) as view:
                 await execute(prepared, steps, backend, view.update)
             group.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _first_pipeline_error(group) from None
     finally:
+        if record.interrupted:
+            finished = prepared.context.results
+            record.results = [
+                finished.get(name) or StepResult(name, Status.CANCELLED, "interrupted")
+                for name in names
+            ]
         await backend.close()
     return record
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope, record: RunRecord) -> None:
+    """Cancel the run on SIGINT or SIGTERM; cleanup then runs as usual."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for received in signals:
+            log.warning("received %s, stopping the run", signal.Signals(received).name)
+            record.interrupted = True
+            scope.cancel()
+            return
+
+
+def _first_pipeline_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """Unwrap a task group's errors so that an expected one reads as usual."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            error = _first_pipeline_error(error)
+        if isinstance(error, PipelineError):
+            return error
+    return group
 
 
 def _report(record: RunRecord, as_json: bool) -> None:
@@ -119,8 +141,6 @@ def _report(record: RunRecord, as_json: bool) -> None:
     if record_path is not None:
         stderr.print(f"reports: {record.reports_dir}", highlight=False)
     if as_json:
-        import json
-
         click.echo(json.dumps(record.to_dict(), indent=2))
 
 
@@ -165,9 +185,9 @@ def main() -> None:
     try:
         exit_code = cli.main(standalone_mode=False)
     except PipelineError as exc:
-        stderr.print(f"[bold red]Error:[/] {escape_markup(exc.message)}")
+        stderr.print(f"[bold red]Error:[/] {escape(exc.message)}")
         if exc.hint:
-            stderr.print(f"Hint: {escape_markup(exc.hint)}")
+            stderr.print(f"Hint: {escape(exc.hint)}")
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -179,8 +199,3 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
-
-def escape_markup(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

@@ -19,6 +19,7 @@ STYLES = {
     Status.PASSED: "green",
     Status.FAILED: "bold red",
     Status.SKIPPED: "yellow",
+    Status.CANCELLED: "magenta",
 }
 MAX_FINDINGS_SHOWN = 30
 

@@ -86,6 +86,21 @@ class DockerBackend:
     def _run_sync(
         self, spec: StepSpec, reports_dir: Path, on_output: StepOutputCallback
     ) -> ExecResult:
+        try:
+            return self._run_container(spec, reports_dir, on_output)
+        except docker.errors.APIError as exc:
+            with self._lock:
+                if self._closed:  # the run was cancelled and cleaned up
+                    raise anyio.get_cancelled_exc_class()() from None
+            raise StepFailed(
+                f"Docker Engine error in step {spec.name}: {exc.explanation or exc}",
+                hint="check the engine's log (for dockerd started by "
+                "scripts/setup: /var/log/dockerd.log)",
+            ) from None
+
+    def _run_container(
+        self, spec: StepSpec, reports_dir: Path, on_output: StepOutputCallback
+    ) -> ExecResult:
         self._ensure_image(spec.image)
         container = self._create(spec)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 from ..backends.base import Backend, StepOutputCallback
 from ..errors import ConfigError
@@ -20,7 +21,9 @@ TAG_INVALID = re.compile(r"[^A-Za-z0-9_.-]")
 # in newer clients, quotes the Dockerfile line as "Dockerfile:12" + ">>> ...".
 FAILED_STEP = re.compile(r"^\s*> \[(?:[^\]]*)\] (?P<instruction>.+?):?\s*$", re.MULTILINE)
 DOCKERFILE_LINE = re.compile(r"^(?P<file>\S*Dockerfile[^:\s]*):(?P<line>\d+)\s*$", re.MULTILINE)
-ERROR_LINE = re.compile(r"^(?:ERROR|error): (?P<message>.+)$", re.MULTILINE)
+ERROR_LINE = re.compile(
+    r"^(?:#\d+ )?(?:ERROR|error):? (?P<message>.+)$", re.MULTILINE
+)
 
 
 def docker_tag(value: str) -> str:
@@ -80,16 +83,17 @@ def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def parse_build_failure(log: str, dockerfile: str) -> list[Finding]:
-    """Name the instruction that failed and the error BuildKit gave."""
+def parse_build_failure(log: str, dockerfile: Path, root: Path) -> list[Finding]:
+    """Name the instruction that failed, its line and the error BuildKit gave."""
     errors = [match["message"].strip() for match in ERROR_LINE.finditer(log)]
-    message = errors[-1] if errors else "build failed"
-    line_match = None
-    for line_match in DOCKERFILE_LINE.finditer(log):
-        pass
-    line = int(line_match["line"]) if line_match else None
+    message = errors[-1] if errors else _last_line(log) or "build failed"
     steps = [match["instruction"] for match in FAILED_STEP.finditer(log)]
     instruction = steps[-1] if steps else None
+    line_matches = list(DOCKERFILE_LINE.finditer(log))
+    if line_matches:
+        line: int | None = int(line_matches[-1]["line"])
+    else:
+        line = _find_instruction(dockerfile, instruction)
     if instruction:
         message = f"{instruction}: {message}"
     return [
@@ -97,15 +101,33 @@ def parse_build_failure(log: str, dockerfile: str) -> list[Finding]:
             tool="buildkit",
             rule="build-error",
             message=message,
-            path=dockerfile,
+            path=dockerfile.relative_to(root).as_posix(),
             line=line,
         )
     ]
 
 
-def judge(spec: BuildSpec, output: BuildOutput, dockerfile: str) -> StepResult:
+def _last_line(log: str) -> str | None:
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def _find_instruction(dockerfile: Path, instruction: str | None) -> int | None:
+    """Find the line of an instruction that older clients print without one."""
+    if not instruction or not dockerfile.is_file():
+        return None
+    wanted = " ".join(instruction.split())
+    lines = dockerfile.read_text(errors="replace").splitlines()
+    for number, text in enumerate(lines, start=1):
+        head = " ".join(text.rstrip("\\").split())
+        if head and wanted.startswith(head):
+            return number
+    return None
+
+
+def judge(spec: BuildSpec, output: BuildOutput, root: Path) -> StepResult:
     if output.exit_code != 0 or output.image_id is None:
-        findings = parse_build_failure(output.log, dockerfile)
+        findings = parse_build_failure(output.log, spec.dockerfile, root)
         return StepResult(
             NAME,
             Status.FAILED,
@@ -125,8 +147,7 @@ def judge(spec: BuildSpec, output: BuildOutput, dockerfile: str) -> StepResult:
 async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:
     spec = describe(ctx)
     output = await backend.build(spec, on_output)
-    relative = spec.dockerfile.relative_to(ctx.project.path).as_posix()
-    result = judge(spec, output, relative)
+    result = judge(spec, output, ctx.project.path)
     if result.ok:
         ctx.image = spec.tags[0]
     return result

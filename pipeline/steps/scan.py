@@ -34,9 +34,6 @@ IMAGE_TARBALL = "/work/image.tar"
 IGNOREFILE = "/work/trivyignore"
 IMAGE_REPORT = f"{REPORTS_PATH}/trivy-image.json"
 SOURCE_REPORT = f"{REPORTS_PATH}/trivy-source.json"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-# Trivy's messages when its vulnerability database cannot be had.
-DB_FAILURE_MARKERS = ("failed to download", "DB error", "db error", "vulnerability DB")
 
 
 def _is_loopback(repository: str | None) -> bool:
@@ -127,13 +124,21 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
     )
 
 
-def parse_trivy(report: dict[str, Any], gate: set[str], origin: str) -> list[Finding]:
+def parse_trivy(
+    report: dict[str, Any], gate: set[str], image: str | None = None
+) -> list[Finding]:
     """Turn a Trivy JSON report into findings; ``gate`` holds the blocking
-    severities. ``origin`` prefixes targets inside the image (``image:``)."""
+    severities. For an image report, ``image`` replaces the tarball path in
+    targets and prefixes paths inside the image."""
     findings: list[Finding] = []
     for result in report.get("Results") or []:
         target = result.get("Target") or ""
-        path = target if origin == "source" else f"{origin}:{target}"
+        if image is None:
+            path = target
+        elif target.startswith(IMAGE_TARBALL):
+            path = image + target.removeprefix(IMAGE_TARBALL)
+        else:
+            path = f"{image}:{target}"
         for vuln in result.get("Vulnerabilities") or []:
             severity = vuln.get("Severity", "UNKNOWN")
             package = vuln.get("PkgName")
@@ -198,7 +203,10 @@ def _db_failed(execution: ExecResult) -> bool:
 
 
 def judge(
-    execution: ExecResult, settings: ScanSettings, vulnerabilities_scanned: bool
+    execution: ExecResult,
+    settings: ScanSettings,
+    image: str,
+    vulnerabilities_scanned: bool,
 ) -> StepResult:
     if execution.setup_failed is not None:
         return StepResult(
@@ -219,12 +227,12 @@ def judge(
     gate = set(settings.severity)
     findings: list[Finding] = []
     reports = []
-    for container_path, origin in ((IMAGE_REPORT, "image"), (SOURCE_REPORT, "source")):
+    for container_path, image_name in ((IMAGE_REPORT, image), (SOURCE_REPORT, None)):
         host_path = execution.outputs.get(container_path)
         report = _load(host_path)
         if host_path is not None and report is not None:
             reports.append(host_path)
-            findings += parse_trivy(report, gate, origin)
+            findings += parse_trivy(report, gate, image_name)
     if IMAGE_REPORT not in execution.outputs:
         return StepResult(NAME, Status.FAILED, "trivy wrote no image report")
 
@@ -271,8 +279,8 @@ async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> 
             )
         spec = describe(ctx, ctx.image, with_vulnerabilities=False)
         execution = await backend.run(spec, ctx.reports_dir, on_output)
-        result = judge(execution, settings, vulnerabilities_scanned=False)
+        result = judge(execution, settings, ctx.image, vulnerabilities_scanned=False)
     else:
-        result = judge(execution, settings, vulnerabilities_scanned=True)
+        result = judge(execution, settings, ctx.image, vulnerabilities_scanned=True)
     result.image = ctx.image
     return result
