@@ -137,7 +137,7 @@ def _report(record: RunRecord, as_json: bool) -> None:
         stderr.print(summary_table(record.results))
     for result in record.results:
         if result.status is Status.FAILED:
-            stderr.print(failure_details(result))
+            stderr.print(failure_details(result), soft_wrap=True)
     if record_path is not None:
         stderr.print(f"reports: {record.reports_dir}", highlight=False)
     if as_json:

@@ -132,16 +132,19 @@ class Project:
         return GitInfo(commit, tag or None, _public_url(remote), bool(status))
 
     def ignore_patterns(self) -> tuple[str, ...]:
-        """Patterns excluded from step containers: fixed ones plus the
-        project's .gitignore and .dockerignore lines."""
+        """Patterns excluded from step containers: fixed ones plus .gitignore.
+
+        .dockerignore governs only the image's build context, where BuildKit
+        applies it. Step containers do not follow it, because it commonly
+        excludes the tests that the test step runs.
+        """
         patterns = list(ALWAYS_EXCLUDED)
-        for name in (".gitignore", ".dockerignore"):
-            ignore_file = self.path / name
-            if ignore_file.is_file():
-                for line in ignore_file.read_text(errors="replace").splitlines():
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        patterns.append(line)
+        ignore_file = self.path / ".gitignore"
+        if ignore_file.is_file():
+            for line in ignore_file.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    patterns.append(line)
         return tuple(patterns)
 
     def iter_files(self, exclude: tuple[str, ...]) -> Iterator[Path]:

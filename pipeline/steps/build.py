@@ -49,10 +49,12 @@ def describe(ctx: Context) -> BuildSpec:
 
     name = settings.image_name or project.name
     git = project.git
-    tags = [f"{name}:{docker_tag(project.revision)}"]
+    # A tree with uncommitted changes is not the commit, so its tags say so.
+    dirty = "-dirty" if git is not None and git.dirty else ""
+    tags = [f"{name}:{docker_tag(project.revision)}{dirty}"]
     if git is not None:
-        tags.append(f"{name}:{git.short}")
-        if git.tag:
+        tags.append(f"{name}:{git.short}{dirty}")
+        if git.tag and not dirty:
             tags.append(f"{name}:{docker_tag(git.tag)}")
     version = (git.tag if git and git.tag else None) or (
         git.short if git else project.revision
@@ -138,7 +140,7 @@ def judge(spec: BuildSpec, output: BuildOutput, root: Path) -> StepResult:
     return StepResult(
         NAME,
         Status.PASSED,
-        f"built {spec.tags[0]}",
+        f"built {min(spec.tags, key=len)}",
         image=spec.tags[0],
         details={"image_id": output.image_id, "tags": list(spec.tags)},
     )

@@ -142,13 +142,14 @@ def parse_trivy(
         for vuln in result.get("Vulnerabilities") or []:
             severity = vuln.get("Severity", "UNKNOWN")
             package = vuln.get("PkgName")
+            package_path = vuln.get("PkgPath")
             findings.append(
                 Finding(
                     tool="trivy",
                     rule=vuln.get("VulnerabilityID", "?"),
                     message=f"{package} {vuln.get('InstalledVersion', '')}: "
                     f"{vuln.get('Title') or vuln.get('Description', '')[:120]}".strip(),
-                    path=path,
+                    path=f"{image}:{package_path}" if image and package_path else path,
                     severity=severity,
                     blocking=severity in gate,
                     package=package,

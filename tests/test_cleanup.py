@@ -1,0 +1,77 @@
+"""Every container and volume of a run is removed: after a pass, after a
+failure and after Ctrl-C. Cache volumes stay."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from conftest import PIPELINE, RUN_LABEL, RunCli, run_resources
+
+pytestmark = pytest.mark.engine
+
+SLOW_TEST = "import time\n\n\ndef test_slow():\n    time.sleep(120)\n"
+
+
+def wait_for_resources(client: docker.DockerClient, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = run_resources(client)
+        if names:
+            return names
+        time.sleep(0.5)
+    return []
+
+
+def test_sigint_removes_resources(
+    engine: docker.DockerClient, example_copy: Path, cli_env: dict[str, str]
+) -> None:
+    (example_copy / "tests" / "test_slow.py").write_text(SLOW_TEST)
+    process = subprocess.Popen(
+        [str(PIPELINE), "test", str(example_copy)],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen = wait_for_resources(engine, timeout=120)
+        assert seen, "the run never created a labelled container"
+        containers = engine.containers.list(filters={"label": RUN_LABEL})
+        assert any(c.labels.get("io.rgbridge.pipeline.step") == "test" for c in containers)
+        time.sleep(2)  # let the step reach pytest
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert run_resources(engine) == []
+
+
+def test_failed_run_leaves_nothing(
+    engine: docker.DockerClient, example_copy: Path, run_cli: RunCli
+) -> None:
+    (example_copy / "tests" / "test_planted.py").write_text("def test_no():\n    assert False\n")
+
+    result = run_cli("test", str(example_copy))
+
+    assert result.returncode == 1
+    assert run_resources(engine) == []
+
+
+def test_cache_volumes_kept(engine: docker.DockerClient, example_copy: Path, run_cli: RunCli) -> None:
+    result = run_cli("lint", str(example_copy))
+
+    assert result.returncode == 0, result.output
+    caches = engine.volumes.list(filters={"label": "io.rgbridge.pipeline.cache"})
+    keys = {volume.attrs["Labels"]["io.rgbridge.pipeline.cache"] for volume in caches}
+    assert {"pip", "tools"} <= keys
+    assert run_resources(engine) == []
