@@ -15,9 +15,10 @@ Sources, lowest precedence first:
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -416,3 +417,33 @@ def resolve_ca_bundle(settings: Settings, project_dir: Path) -> Path | None:
             hint="point ca_bundle or PIPELINE_CA_BUNDLE at a PEM file",
         )
     return path
+
+
+def iter_fields(
+    model: type[BaseModel] = Settings, prefix: str = ""
+) -> Iterator[tuple[str, Any, str]]:
+    """Yield every setting as (dotted key, default, help text)."""
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from iter_fields(annotation, f"{prefix}{name}.")
+        else:
+            default = info.get_default(call_default_factory=True)
+            yield f"{prefix}{name}", default, info.description or ""
+
+
+def reference_table() -> str:
+    """Render every setting as the Markdown table in docs/configuration.md."""
+    rows = [
+        "| Key | Variable | Default | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, default, help_text in iter_fields():
+        variable = env_var_name(tuple(key.split(".")))
+        shown = "(unset)" if default is None else f"`{json.dumps(default)}`"
+        rows.append(f"| `{key}` | `{variable}` | {shown} | {help_text} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_table(), end="")

@@ -202,8 +202,15 @@ class DockerBackend:
             container.put_archive("/", archive)
 
     def _add_image(self, tar: tarfile.TarFile, image: ImageInput) -> None:
+        try:
+            source = self.client.images.get(image.image)
+        except docker.errors.ImageNotFound:
+            raise StepFailed(
+                f"image not found in the Docker Engine: {image.image}",
+                hint="build it first, or pass a local image name or ID to --image",
+            ) from None
         with tempfile.TemporaryFile() as saved:
-            for chunk in self.client.images.get(image.image).save(
+            for chunk in source.save(
                 chunk_size=CHUNK, named=True
             ):
                 saved.write(chunk)

@@ -12,7 +12,7 @@ from ..backends.base import Backend, StepOutputCallback
 from ..config import Settings
 from ..project import Project
 from ..results import StepResult
-from ..spec import CacheMount, FileMount, SourceMount
+from ..spec import CacheMount, ExecResult, FileMount, SourceMount
 
 SOURCE_PATH = "/src"
 REPORTS_PATH = "/reports"
@@ -84,6 +84,19 @@ def tool_venv(image: str, requirement: str) -> tuple[str, tuple[str, ...]]:
         f'(mv -T "$tmp" {venv} 2>/dev/null || rm -rf "$tmp")'
     )
     return venv, ("sh", "-c", script)
+
+
+def save_log(ctx: Context, step: str, execution: ExecResult) -> Path:
+    """Write a step's full output to ``<step>.log`` in the reports folder."""
+    path = ctx.reports_dir / f"{step}.log"
+    parts = []
+    for result in (execution.setup_failed, *execution.results):
+        if result is not None:
+            parts.append(f"$ {shlex.join(result.command)}\n{result.output}")
+            parts.append(f"[exit code {result.exit_code}]\n")
+    ctx.reports_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path
 
 
 def tail(text: str, lines: int = 60) -> str:

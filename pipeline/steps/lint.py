@@ -13,6 +13,7 @@ from ._context import (
     SOURCE_PATH,
     TOOLS_CACHE,
     Context,
+    save_log,
     tail,
     tool_venv,
 )
@@ -97,6 +98,9 @@ def judge(execution: ExecResult) -> StepResult:
 
 async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:
     spec = describe(ctx)
-    result = judge(await backend.run(spec, ctx.reports_dir, on_output))
+    execution = await backend.run(spec, ctx.reports_dir, on_output)
+    log_path = save_log(ctx, NAME, execution)
+    result = judge(execution)
     result.image = spec.image
+    result.reports.append(log_path)
     return result

@@ -6,6 +6,7 @@ still show findings below the threshold as non-blocking.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,14 @@ from ._context import (
     TOOLS_CACHE,
     CacheMount,
     Context,
+    save_log,
     tail,
     tool_venv,
 )
 
 NAME = "scan"
 NEEDS: tuple[str, ...] = ("build",)
-TRIVY_CACHE = CacheMount("trivy", "/root/.cache/trivy")
+TRIVY_CACHE_PATH = "/root/.cache/trivy"
 IMAGE_TARBALL = "/work/image.tar"
 IGNOREFILE = "/work/trivyignore"
 IMAGE_REPORT = f"{REPORTS_PATH}/trivy-image.json"
@@ -43,9 +45,16 @@ def _is_loopback(repository: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
+def trivy_cache(settings: ScanSettings) -> CacheMount:
+    """Trivy's cache, one per database repository, so that a database from
+    one repository never stands in for another that cannot be reached."""
+    key = hashlib.sha256(settings.db_repository.encode()).hexdigest()[:12]
+    return CacheMount(f"trivy-{key}", TRIVY_CACHE_PATH)
+
+
 def _common_flags(settings: ScanSettings, ignorefile: bool) -> list[str]:
     flags = [
-        "--cache-dir", TRIVY_CACHE.path,
+        "--cache-dir", TRIVY_CACHE_PATH,
         "--skip-version-check",
         "--disable-telemetry",
         "--skip-java-db-update",
@@ -80,7 +89,7 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
         commands.append(
             (
                 trivy, "image", "--download-db-only", "--no-progress",
-                "--cache-dir", TRIVY_CACHE.path,
+                "--cache-dir", TRIVY_CACHE_PATH,
                 "--db-repository", settings.db_repository,
                 "--skip-version-check", "--disable-telemetry",
             )
@@ -117,7 +126,7 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
         source=ctx.source() if settings.source else None,
         files=tuple(files),
         images=(ImageInput(image, IMAGE_TARBALL),),
-        caches=(PIP_CACHE, TOOLS_CACHE, TRIVY_CACHE),
+        caches=(PIP_CACHE, TOOLS_CACHE, trivy_cache(settings)),
         outputs=(IMAGE_REPORT, SOURCE_REPORT) if settings.source else (IMAGE_REPORT,),
         needs=NEEDS,
         host_network=_is_loopback(settings.db_repository),
@@ -284,4 +293,5 @@ async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> 
     else:
         result = judge(execution, settings, ctx.image, vulnerabilities_scanned=True)
     result.image = ctx.image
+    result.reports.append(save_log(ctx, NAME, execution))
     return result

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..backends.base import Backend, StepOutputCallback
 from ..results import Finding, Status, StepResult
 from ..spec import ExecResult, StepSpec
-from ._context import PIP_CACHE, REPORTS_PATH, SOURCE_PATH, Context, tail
+from ._context import PIP_CACHE, REPORTS_PATH, SOURCE_PATH, Context, save_log, tail
 
 NAME = "test"
 NEEDS: tuple[str, ...] = ()
@@ -139,6 +139,8 @@ def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
 async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:
     spec = describe(ctx)
     execution = await backend.run(spec, ctx.reports_dir, on_output)
+    log_path = save_log(ctx, NAME, execution)
     result = judge(execution, ctx.settings.test.allow_no_tests)
     result.image = spec.image
+    result.reports.append(log_path)
     return result
