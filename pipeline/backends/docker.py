@@ -228,10 +228,10 @@ class DockerBackend:
     ) -> CommandResult:
         log.debug("step %s runs %s", spec.name, command)
         api = self.client.api
-        exec_id = api.exec_create(container.id, list(command), workdir=spec.workdir)
+        exec_id = api.exec_create(container.id, list(command), workdir=spec.workdir)["Id"]
         stdout: list[str] = []
         stderr: list[str] = []
-        for out, err in api.exec_start(exec_id, stream=True, demux=True):
+        for out, err in api.exec_start(exec_id, stream=True, demux=True, socket=False):
             for data, sink in ((out, stdout), (err, stderr)):
                 if data:
                     text = self.redactor(data.decode("utf-8", errors="replace"))

@@ -66,7 +66,7 @@ def describe(ctx: Context) -> BuildSpec:
         ("org.opencontainers.image.title", name),
         ("org.opencontainers.image.source", (git.remote_url if git else None) or ""),
     ]
-    secrets = ()
+    secrets: tuple[SecretMount, ...] = ()
     if ctx.ca_bundle is not None:
         secrets = (SecretMount(SecretRef("ca", f"file://{ctx.ca_bundle}")),)
     return BuildSpec(

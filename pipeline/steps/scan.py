@@ -16,13 +16,12 @@ from ..backends.base import Backend, StepOutputCallback
 from ..config import SEVERITIES, ScanSettings
 from ..errors import UsageError
 from ..results import Finding, Status, StepResult
-from ..spec import ExecResult, FileMount, ImageInput, StepSpec
+from ..spec import CacheMount, ExecResult, FileMount, ImageInput, StepSpec
 from ._context import (
     PIP_CACHE,
     REPORTS_PATH,
     SOURCE_PATH,
     TOOLS_CACHE,
-    CacheMount,
     Context,
     save_log,
     tail,
@@ -234,7 +233,7 @@ def judge(
                 + " ".join(result.command[1:3]),
                 output=tail(result.output),
             )
-    gate = set(settings.severity)
+    gate: set[str] = set(settings.severity)
     findings: list[Finding] = []
     reports = []
     for container_path, image_name in ((IMAGE_REPORT, image), (SOURCE_REPORT, None)):
@@ -247,7 +246,9 @@ def judge(
         return StepResult(NAME, Status.FAILED, "trivy wrote no image report")
 
     blocking = [finding for finding in findings if finding.blocking]
-    order = {severity: index for index, severity in enumerate(reversed(SEVERITIES))}
+    order: dict[str, int] = {
+        severity: index for index, severity in enumerate(reversed(SEVERITIES))
+    }
     findings.sort(key=lambda f: (not f.blocking, order.get(f.severity or "", 9)))
     gate_text = ",".join(sorted(gate, key=lambda s: order[s]))
     details: dict[str, object] = {"vulnerabilities_scanned": vulnerabilities_scanned}
