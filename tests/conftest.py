@@ -51,6 +51,10 @@ class CliResult:
     def record(self) -> dict[str, Any]:
         return json.loads(self.stdout)
 
+    @property
+    def run_id(self) -> str:
+        return str(self.record()["run_id"])
+
     def step(self, name: str) -> dict[str, Any]:
         for step in self.record()["steps"]:
             if step["name"] == name:
@@ -187,8 +191,13 @@ def engine(docker_client: docker.DockerClient) -> docker.DockerClient:
     return docker_client
 
 
-def run_resources(client: docker.DockerClient) -> list[str]:
-    """Names of every container and volume that carries a run label."""
-    containers = client.containers.list(all=True, filters={"label": RUN_LABEL})
-    volumes = client.volumes.list(filters={"label": RUN_LABEL})
+def run_resources(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
+    """Names of the containers and volumes of one run, or of any run.
+
+    Tests pass the run ID, so that runs of other processes on the same engine
+    do not count.
+    """
+    label = RUN_LABEL if run_id is None else f"{RUN_LABEL}={run_id}"
+    containers = client.containers.list(all=True, filters={"label": label})
+    volumes = client.volumes.list(filters={"label": label})
     return [c.name for c in containers] + [v.name for v in volumes]

@@ -3,6 +3,7 @@ failure and after Ctrl-C. Cache volumes stay."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -18,14 +19,16 @@ pytestmark = pytest.mark.engine
 SLOW_TEST = "import time\n\n\ndef test_slow():\n    time.sleep(120)\n"
 
 
-def wait_for_resources(client: docker.DockerClient, timeout: float) -> list[str]:
+def wait_for_run(client: docker.DockerClient, project: Path, timeout: float) -> str | None:
+    """Return the run ID of the first step container working on project."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        names = run_resources(client)
-        if names:
-            return names
+        for container in client.containers.list(filters={"label": RUN_LABEL}):
+            labels = container.labels
+            if labels.get("io.rgbridge.pipeline.project") == str(project.resolve()):
+                return str(container.labels[RUN_LABEL])
         time.sleep(0.5)
-    return []
+    return None
 
 
 def test_sigint_removes_resources(
@@ -33,17 +36,16 @@ def test_sigint_removes_resources(
 ) -> None:
     (example_copy / "tests" / "test_slow.py").write_text(SLOW_TEST)
     process = subprocess.Popen(
-        [str(PIPELINE), "test", str(example_copy)],
+        [str(PIPELINE), "test", str(example_copy), "--json"],
         env=cli_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        seen = wait_for_resources(engine, timeout=120)
-        assert seen, "the run never created a labelled container"
-        containers = engine.containers.list(filters={"label": RUN_LABEL})
-        assert any(c.labels.get("io.rgbridge.pipeline.step") == "test" for c in containers)
+        run_id = wait_for_run(engine, example_copy, timeout=120)
+        assert run_id is not None, "the run never created a test step container"
+        assert run_resources(engine, run_id)
         time.sleep(2)  # let the step reach pytest
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
@@ -53,7 +55,8 @@ def test_sigint_removes_resources(
 
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
-    assert run_resources(engine) == []
+    assert json.loads(stdout)["run_id"] == run_id
+    assert run_resources(engine, run_id) == []
 
 
 def test_failed_run_leaves_nothing(
@@ -61,17 +64,18 @@ def test_failed_run_leaves_nothing(
 ) -> None:
     (example_copy / "tests" / "test_planted.py").write_text("def test_no():\n    assert False\n")
 
-    result = run_cli("test", str(example_copy))
+    result = run_cli("test", str(example_copy), "--json")
 
     assert result.returncode == 1
-    assert run_resources(engine) == []
+    assert result.step("test")["status"] == "failed"
+    assert run_resources(engine, result.run_id) == []
 
 
 def test_cache_volumes_kept(engine: docker.DockerClient, example_copy: Path, run_cli: RunCli) -> None:
-    result = run_cli("lint", str(example_copy))
+    result = run_cli("lint", str(example_copy), "--json")
 
     assert result.returncode == 0, result.output
     caches = engine.volumes.list(filters={"label": "io.rgbridge.pipeline.cache"})
     keys = {volume.attrs["Labels"]["io.rgbridge.pipeline.cache"] for volume in caches}
     assert {"pip", "tools"} <= keys
-    assert run_resources(engine) == []
+    assert run_resources(engine, result.run_id) == []

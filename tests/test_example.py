@@ -21,7 +21,7 @@ def test_example_passes_ci(engine: docker.DockerClient, example_copy: Path, run_
     assert record["status"] == "passed"
     statuses = {step["name"]: step["status"] for step in record["steps"]}
     assert statuses == {"lint": "passed", "test": "passed", "build": "passed", "scan": "passed"}
-    assert run_resources(engine) == []
+    assert run_resources(engine, result.run_id) == []
 
 
 def test_example_reports_written(engine: docker.DockerClient, example_copy: Path, run_cli: RunCli) -> None:

@@ -90,4 +90,4 @@ def test_fault_fails_step(
     }
     assert others == expected_others
     assert re.search(cause, result.stderr), result.stderr
-    assert run_resources(engine) == []
+    assert run_resources(engine, result.run_id) == []

@@ -23,7 +23,7 @@ def test_missing_database_fails(engine: docker.DockerClient, example_copy: Path,
     assert scan["status"] == "failed"
     assert "vulnerability database could not be downloaded" in scan["summary"]
     assert MISSING_DB in scan["summary"]
-    assert run_resources(engine) == []
+    assert run_resources(engine, result.run_id) == []
 
 
 def test_missing_database_allowed(engine: docker.DockerClient, example_copy: Path, run_cli: RunCli) -> None:

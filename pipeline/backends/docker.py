@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 RUN_LABEL = "io.rgbridge.pipeline.run"
 STEP_LABEL = "io.rgbridge.pipeline.step"
 CACHE_LABEL = "io.rgbridge.pipeline.cache"
+PROJECT_LABEL = "io.rgbridge.pipeline.project"
 CACHE_VOLUME_PREFIX = "rgbridge-pipeline-cache-"
 CHUNK = 1024 * 1024
 
@@ -152,6 +153,9 @@ class DockerBackend:
         for mount in spec.secrets:
             if mount.env is not None:
                 environment[mount.env] = resolve(mount.secret, self.redactor)
+        labels = {RUN_LABEL: self.run_id, STEP_LABEL: spec.name}
+        if spec.source is not None:
+            labels[PROJECT_LABEL] = str(spec.source.host_path)
         with self._lock:
             if self._closed:
                 raise anyio.get_cancelled_exc_class()()
@@ -163,7 +167,7 @@ class DockerBackend:
             working_dir=spec.workdir,
             environment=environment,
             volumes=volumes,
-            labels={RUN_LABEL: self.run_id, STEP_LABEL: spec.name},
+            labels=labels,
             network_mode="host" if spec.host_network else None,
             detach=True,
         )

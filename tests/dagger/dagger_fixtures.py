@@ -1,0 +1,144 @@
+"""Fixtures for the Dagger tests: the engine's API schema, a stand-in
+session that records the queries dagger-io sends, and a sample project.
+
+Test modules load this file with ``pytest_plugins``. A conftest.py here would
+replace the ``conftest`` module that the other test modules import from.
+
+No Dagger engine runs here. The schema file is data from the Dagger
+repository (docs/docs-graphql/schema.graphqls at tag v0.21.8); its path comes
+from PIPELINE_DAGGER_SCHEMA, else the shared folder next to the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import graphql
+import pytest
+from dagger_standin import ScriptedEngine, StandInSession, client_for
+
+from pipeline.backends.dagger import DaggerBackend, Inputs
+from pipeline.run import Prepared, prepare
+from pipeline.steps import build as build_step
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_ENV = "PIPELINE_DAGGER_SCHEMA"
+DEFAULT_SCHEMA = REPO_ROOT.parent / "shared" / "dagger" / "schema-v0.21.8.graphqls"
+GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN_ENV = "PIPELINE_UPDATE_GOLDEN"
+FIXED_TIME = "2026-01-01T00:00:00+00:00"
+
+SAMPLE_FILES = {
+    "pyproject.toml": '[project]\nname = "sample-service"\nversion = "1.0.0"\n',
+    "requirements.txt": "requests==2.32.3\n",
+    "sample_service/__init__.py": "VERSION = '1.0.0'\n",
+    "tests/test_version.py": "def test_version():\n    assert True\n",
+    "Dockerfile": "FROM python:3.11-slim\nCOPY . /app\nUSER 1000\n",
+    ".gitignore": "build/\n*.log\n/dist\ndocs/_build/\n!keep.log\n",
+    ".trivyignore": "CVE-2020-14343\n",
+    "ca.pem": "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n",
+    "pipeline.toml": (
+        'ca_bundle = "ca.pem"\n'
+        "[build]\n"
+        'target = "runtime"\n'
+        'build_args = { PYTHON_VERSION = "3.11" }\n'
+        "[scan]\n"
+        'db_repository = "mirror.example.test/trivy-db:2"\n'
+    ),
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def schema_path() -> Path:
+    """The Dagger v0.21.8 API schema; tests that need it skip without it."""
+    path = Path(os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA)
+    if not path.is_file():
+        reason = (
+            f"Dagger API schema not found at {path}: set {SCHEMA_ENV} to a copy "
+            "of schema-v0.21.8.graphqls to validate the Dagger queries"
+        )
+        if in_ci():
+            pytest.fail(f"{reason} (CI=true: the schema check may not be skipped)")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dagger_schema(schema_path: Path) -> graphql.GraphQLSchema:
+    return graphql.build_schema(schema_path.read_text())
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep the developer's settings and Dagger session out of the tests."""
+    for name in list(os.environ):
+        if name.startswith("PIPELINE_") and name not in (SCHEMA_ENV, GOLDEN_ENV):
+            monkeypatch.delenv(name)
+    for name in ("DAGGER_SESSION_PORT", "DAGGER_SESSION_TOKEN", "_EXPERIMENTAL_DAGGER_CLI_BIN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIPELINE_USER_CONFIG", str(tmp_path / "no-user-config.toml"))
+
+
+@pytest.fixture
+def sample_project(
+    project_factory: Callable[..., Path], isolated_env: None, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A project whose step descriptions use every kind of mount."""
+    monkeypatch.setattr(build_step, "_now", lambda: FIXED_TIME)
+    return project_factory(SAMPLE_FILES, name="sample-service")
+
+
+@pytest.fixture
+def prepared(sample_project: Path) -> Prepared:
+    return prepare(sample_project, engine="dagger")
+
+
+@pytest.fixture
+def fake_engine() -> ScriptedEngine:
+    return ScriptedEngine()
+
+
+@pytest.fixture
+def dagger_session(
+    dagger_schema: graphql.GraphQLSchema, sample_project: Path, fake_engine: ScriptedEngine
+) -> StandInSession:
+    return StandInSession(
+        dagger_schema,
+        responder=fake_engine,
+        replacements={str(sample_project): "<project>"},
+    )
+
+
+@pytest.fixture
+def dagger_backend(dagger_session: StandInSession, prepared: Prepared) -> Iterator[DaggerBackend]:
+    yield DaggerBackend(Inputs(client_for(dagger_session), prepared.redactor))
+
+
+@pytest.fixture
+def golden() -> Callable[[str, str], None]:
+    """Compare text with golden/NAME, or rewrite it with PIPELINE_UPDATE_GOLDEN=1."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN_DIR / name
+        if os.environ.get(GOLDEN_ENV) == "1":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return
+        assert path.is_file(), f"golden file {path} is missing; run with {GOLDEN_ENV}=1"
+        assert text == path.read_text(), (
+            f"the queries differ from {path}; review the change and rerun with "
+            f"{GOLDEN_ENV}=1 to accept it"
+        )
+
+    return check
