@@ -16,6 +16,13 @@ import pathspec
 
 from .errors import UsageError
 
+# A requirements line that installs from the project tree, whose content
+# changes with the source: "-e .", "./libs/x", "/abs/path", "file:...".
+LOCAL_REQUIREMENT = re.compile(r"^\s*(-e\b|--editable\b|\.|/|file:)")
+INCLUDED_REQUIREMENTS = re.compile(
+    r"^\s*(?:-r|-c|--requirement|--constraint)[=\s]\s*(\S+)"
+)
+
 # Never copied into a step container, whatever the project's ignore files say.
 ALWAYS_EXCLUDED = (
     ".git/",
@@ -120,6 +127,49 @@ class Project:
                 return "project" in tomllib.load(handle)
             except tomllib.TOMLDecodeError:
                 return False
+
+    @cached_property
+    def declared_dependencies(self) -> tuple[str, ...]:
+        """The ``[project] dependencies`` of pyproject.toml, if any."""
+        pyproject = self.path / "pyproject.toml"
+        if not pyproject.is_file():
+            return ()
+        with pyproject.open("rb") as handle:
+            try:
+                table = tomllib.load(handle).get("project", {})
+            except tomllib.TOMLDecodeError:
+                return ()
+        dependencies = table.get("dependencies", [])
+        return tuple(str(item) for item in dependencies)
+
+    def requirements_fingerprint(self) -> str | None:
+        """Fingerprint the requirements files and the files they include.
+
+        Returns None when a requirement installs from the project tree, so
+        that its result cannot be reused across source changes.
+        """
+        digest = hashlib.sha256()
+        pending = list(self.requirement_files)
+        seen: set[str] = set()
+        while pending:
+            name = pending.pop(0)
+            if name in seen:
+                continue
+            seen.add(name)
+            path = self.path / name
+            if not path.is_file():
+                return None
+            text = path.read_text(errors="replace")
+            for line in text.splitlines():
+                if LOCAL_REQUIREMENT.match(line):
+                    return None
+                included = INCLUDED_REQUIREMENTS.match(line)
+                if included:
+                    pending.append(
+                        (Path(name).parent / included[1]).as_posix()
+                    )
+            digest.update(f"{name}\0{text}\0".encode())
+        return digest.hexdigest()
 
     @cached_property
     def git(self) -> GitInfo | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -66,24 +67,34 @@ class Step:
     run: Callable[[Context, Backend, StepOutputCallback], Awaitable[StepResult]]
 
 
-def tool_venv(image: str, requirement: str) -> tuple[str, tuple[str, ...]]:
-    """Return a tool's virtualenv path and the command that creates it once.
+def cached_venv(
+    name: str, key: str, installs: list[tuple[str, ...]]
+) -> tuple[str, tuple[str, ...]]:
+    """Return a virtualenv path in the tools cache and the command that
+    creates it once.
 
-    The virtualenv lives in a cache volume keyed by image and requirement, so
-    a warm run installs nothing. It is built under a temporary name and
-    renamed, so a run interrupted halfway leaves no broken tool behind.
+    ``key`` is everything the virtualenv's content depends on, so a warm run
+    installs nothing. A lock (flock, from util-linux) keeps concurrent runs
+    from building the same virtualenv twice, and ``.complete`` is written
+    last, so a build that was interrupted is redone on the next run.
     """
-    key = hashlib.sha256(f"{image}\0{requirement}".encode()).hexdigest()[:16]
-    venv = f"{TOOLS_PATH}/{key}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    venv = f"{TOOLS_PATH}/{name}-{digest}"
+    pip = f"{venv}/bin/python -m pip install --quiet"
+    steps = " && ".join(f"{pip} {shlex.join(arguments)}" for arguments in installs)
     script = (
-        f"test -e {venv}/.complete && exit 0; "
-        f"tmp=$(mktemp -d {TOOLS_PATH}/.tmp-XXXXXX) && "
-        f'python3 -m venv "$tmp" && '
-        f'"$tmp/bin/python" -m pip install --quiet {shlex.quote(requirement)} && '
-        f'touch "$tmp/.complete" && '
-        f'(mv -T "$tmp" {venv} 2>/dev/null || rm -rf "$tmp")'
+        f"exec 9>{venv}.lock && flock 9 && "
+        f"{{ test -e {venv}/.complete && exit 0; "
+        f"rm -rf {venv} && python3 -m venv {venv} && {steps} && "
+        f"touch {venv}/.complete; }}"
     )
     return venv, ("sh", "-c", script)
+
+
+def tool_venv(image: str, requirement: str) -> tuple[str, tuple[str, ...]]:
+    """Return a tool's virtualenv, keyed by image and pip requirement."""
+    name = re.split(r"[^A-Za-z0-9_.-]", requirement, maxsplit=1)[0] or "tool"
+    return cached_venv(name, f"{image}\0{requirement}", [(requirement,)])
 
 
 def save_log(ctx: Context, step: str, execution: ExecResult) -> Path:

@@ -9,11 +9,22 @@ from pathlib import Path
 from ..backends.base import Backend, StepOutputCallback
 from ..results import Finding, Status, StepResult
 from ..spec import ExecResult, StepSpec
-from ._context import PIP_CACHE, REPORTS_PATH, SOURCE_PATH, Context, save_log, tail
+from ._context import (
+    PIP_CACHE,
+    REPORTS_PATH,
+    SOURCE_PATH,
+    TOOLS_CACHE,
+    Context,
+    cached_venv,
+    save_log,
+    tail,
+)
 
 NAME = "test"
 NEEDS: tuple[str, ...] = ()
 REPORT = f"{REPORTS_PATH}/junit.xml"
+# The project is installed here, outside the shared cached virtualenv.
+PROJECT_SITE = "/tmp/pipeline-project"
 
 # pytest exit codes (pytest.ExitCode)
 EXIT_OK = 0
@@ -27,17 +38,48 @@ SUMMARY_LINE = re.compile(
 
 
 def describe(ctx: Context) -> StepSpec:
+    """Describe the test step.
+
+    The dependencies and pytest go into a virtualenv in the tools cache,
+    keyed by the requirements files, so a run after a source change installs
+    nothing. When a requirements file installs from the project tree
+    (``-e .``), the dependencies are installed into the step's image on each
+    run instead. The project itself is installed on each run, since it is
+    the source under test.
+    """
     settings = ctx.settings.test
     project = ctx.project
-    pip = ("python", "-m", "pip", "install", "--quiet")
+    image = settings.image or ctx.settings.image
+    installs: list[tuple[str, ...]] = [
+        ("-r", requirements) for requirements in project.requirement_files
+    ]
+    if settings.install_project and project.declared_dependencies:
+        installs.append(project.declared_dependencies)
+    installs.append((settings.pytest,))
+
     setup: list[tuple[str, ...]] = [("mkdir", "-p", REPORTS_PATH)]
-    for requirements in project.requirement_files:
-        setup.append((*pip, "-r", requirements))
-    if settings.install_project and project.is_installable:
-        setup.append((*pip, "."))
-    setup.append((*pip, settings.pytest))
+    env = list(ctx.common_env())
+    fingerprint = project.requirements_fingerprint()
+    if fingerprint is not None:
+        key = "\0".join([image, fingerprint, *project.declared_dependencies, settings.pytest])
+        venv, create = cached_venv("test-deps", key, installs)
+        python = f"{venv}/bin/python"
+        setup.append(create)
+        if settings.install_project and project.is_installable:
+            setup.append(
+                (python, "-m", "pip", "install", "--quiet", "--no-deps",
+                 "--target", PROJECT_SITE, ".")
+            )
+            env.append(("PYTHONPATH", PROJECT_SITE))
+    else:
+        python = "python"
+        pip = (python, "-m", "pip", "install", "--quiet")
+        setup += [(*pip, *arguments) for arguments in installs]
+        if settings.install_project and project.is_installable:
+            setup.append((*pip, "--no-deps", "."))
+
     command = (
-        "python",
+        python,
         "-m",
         "pytest",
         f"--junitxml={REPORT}",
@@ -50,14 +92,14 @@ def describe(ctx: Context) -> StepSpec:
     )
     return StepSpec(
         name=NAME,
-        image=settings.image or ctx.settings.image,
+        image=image,
         workdir=SOURCE_PATH,
         setup=tuple(setup),
         commands=(command,),
-        env=ctx.common_env(),
+        env=tuple(env),
         source=ctx.source(),
         files=ctx.ca_files(),
-        caches=(PIP_CACHE,),
+        caches=(PIP_CACHE, TOOLS_CACHE),
         outputs=(REPORT,),
     )
 
@@ -91,13 +133,12 @@ def parse_failures(output: str) -> list[Finding]:
 
 def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
     if execution.setup_failed is not None:
-        command = " ".join(execution.setup_failed.command)
-        return StepResult(
-            NAME,
-            Status.FAILED,
-            f"installing dependencies failed: {command}",
-            output=tail(execution.setup_failed.output),
-        )
+        output = execution.setup_failed.output
+        errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
+        summary = "installing dependencies failed"
+        if errors:
+            summary += ": " + errors[0].removeprefix("ERROR:").strip()
+        return StepResult(NAME, Status.FAILED, summary, output=tail(output))
     result = execution.results[0]
     reports = list(execution.outputs.values())
     counts = parse_junit(reports[0]) if reports else None
