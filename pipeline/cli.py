@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from . import __version__
-from .backends.docker import DockerBackend
+from .backends import ENGINE_CHOICES, choose_engine, open_backend
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -50,6 +50,15 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option(
         "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout."
     )(function)
+    function = click.option(
+        "--engine",
+        type=click.Choice(ENGINE_CHOICES),
+        default="auto",
+        show_default=True,
+        envvar="PIPELINE_ENGINE",
+        help="Container engine: docker, dagger, or auto (Dagger when a Dagger "
+        "session or CLI is present, else the Docker Engine).",
+    )(function)
     return function
 
 
@@ -71,13 +80,16 @@ def _run(
     path: Path,
     config_file: Path | None,
     as_json: bool,
+    engine: str,
     overrides: dict[str, Any] | None = None,
     image: str | None = None,
 ) -> None:
-    prepared = prepare(path, config_file, overrides)
+    choice = choose_engine(engine)
+    prepared = prepare(path, config_file, overrides, engine=choice.name)
     if image is not None:
         prepared.context.image = image
     names = [step.name for step in plan(steps) if not (image and step.name == "build")]
+    stderr.print(f"engine: {choice.describe()}", highlight=False)
     record = anyio.run(_run_async, prepared, steps, names)
     _report(record, as_json)
     if record.interrupted:
@@ -88,8 +100,11 @@ def _run(
 
 
 async def _run_async(prepared: Prepared, steps: list[str], names: list[str]) -> RunRecord:
-    backend = DockerBackend(
-        prepared.record.run_id, prepared.redactor, prepared.settings.docker_cli
+    backend = await open_backend(
+        prepared.record.engine,
+        prepared.record.run_id,
+        prepared.redactor,
+        prepared.settings,
     )
     record = prepared.record
     try:
@@ -146,38 +161,40 @@ def _report(record: RunRecord, as_json: bool) -> None:
 
 @cli.command()
 @common_options
-def ci(path: Path, config_file: Path | None, as_json: bool) -> None:
+def ci(path: Path, config_file: Path | None, as_json: bool, engine: str) -> None:
     """Run lint, test, build and scan."""
-    _run(["lint", "test", "build", "scan"], path, config_file, as_json)
+    _run(["lint", "test", "build", "scan"], path, config_file, as_json, engine)
 
 
 @cli.command()
 @common_options
-def lint(path: Path, config_file: Path | None, as_json: bool) -> None:
+def lint(path: Path, config_file: Path | None, as_json: bool, engine: str) -> None:
     """Run flake8 with the project's configuration."""
-    _run(["lint"], path, config_file, as_json)
+    _run(["lint"], path, config_file, as_json, engine)
 
 
 @cli.command()
 @common_options
-def test(path: Path, config_file: Path | None, as_json: bool) -> None:
+def test(path: Path, config_file: Path | None, as_json: bool, engine: str) -> None:
     """Install the project and run pytest."""
-    _run(["test"], path, config_file, as_json)
+    _run(["test"], path, config_file, as_json, engine)
 
 
 @cli.command()
 @common_options
-def build(path: Path, config_file: Path | None, as_json: bool) -> None:
+def build(path: Path, config_file: Path | None, as_json: bool, engine: str) -> None:
     """Build the project's image with BuildKit."""
-    _run(["build"], path, config_file, as_json)
+    _run(["build"], path, config_file, as_json, engine)
 
 
 @cli.command()
 @common_options
 @click.option("--image", help="Scan this local image instead of building one.")
-def scan(path: Path, config_file: Path | None, as_json: bool, image: str | None) -> None:
+def scan(
+    path: Path, config_file: Path | None, as_json: bool, engine: str, image: str | None
+) -> None:
     """Scan the image (built first unless --image) and the source with Trivy."""
-    _run(["scan"], path, config_file, as_json, image=image)
+    _run(["scan"], path, config_file, as_json, engine, image=image)
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ Test modules load this file with ``pytest_plugins``. A conftest.py here would
 replace the ``conftest`` module that the other test modules import from.
 
 No Dagger engine runs here. The schema file is data from the Dagger
-repository (docs/docs-graphql/schema.graphqls at tag v0.21.8); its path comes
-from PIPELINE_DAGGER_SCHEMA, else the shared folder next to the repository.
+repository (docs/docs-graphql/schema.graphqls at tag v0.21.8). Its path comes
+from PIPELINE_DAGGER_SCHEMA, else ../shared/dagger/ next to the repository.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def in_ci() -> bool:
 
 @pytest.fixture(scope="session")
 def schema_path() -> Path:
-    """The Dagger v0.21.8 API schema; tests that need it skip without it."""
+    """The Dagger v0.21.8 API schema. Tests skip without it, unless CI=true."""
     path = Path(os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA)
     if not path.is_file():
         reason = (
@@ -85,14 +85,20 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith("PIPELINE_") and name not in (SCHEMA_ENV, GOLDEN_ENV):
             monkeypatch.delenv(name)
-    for name in ("DAGGER_SESSION_PORT", "DAGGER_SESSION_TOKEN", "_EXPERIMENTAL_DAGGER_CLI_BIN"):
+    for name in (
+        "DAGGER_SESSION_PORT",
+        "DAGGER_SESSION_TOKEN",
+        "_EXPERIMENTAL_DAGGER_CLI_BIN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PIPELINE_USER_CONFIG", str(tmp_path / "no-user-config.toml"))
 
 
 @pytest.fixture
 def sample_project(
-    project_factory: Callable[..., Path], isolated_env: None, monkeypatch: pytest.MonkeyPatch
+    project_factory: Callable[..., Path],
+    isolated_env: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Path:
     """A project whose step descriptions use every kind of mount."""
     monkeypatch.setattr(build_step, "_now", lambda: FIXED_TIME)
@@ -105,23 +111,27 @@ def prepared(sample_project: Path) -> Prepared:
 
 
 @pytest.fixture
-def fake_engine() -> ScriptedEngine:
+def scripted_engine() -> ScriptedEngine:
     return ScriptedEngine()
 
 
 @pytest.fixture
 def dagger_session(
-    dagger_schema: graphql.GraphQLSchema, sample_project: Path, fake_engine: ScriptedEngine
+    dagger_schema: graphql.GraphQLSchema,
+    sample_project: Path,
+    scripted_engine: ScriptedEngine,
 ) -> StandInSession:
     return StandInSession(
         dagger_schema,
-        responder=fake_engine,
+        responder=scripted_engine,
         replacements={str(sample_project): "<project>"},
     )
 
 
 @pytest.fixture
-def dagger_backend(dagger_session: StandInSession, prepared: Prepared) -> Iterator[DaggerBackend]:
+def dagger_backend(
+    dagger_session: StandInSession, prepared: Prepared
+) -> Iterator[DaggerBackend]:
     yield DaggerBackend(Inputs(client_for(dagger_session), prepared.redactor))
 
 

@@ -1,10 +1,10 @@
-"""A stand-in for a Dagger engine session: it records the GraphQL requests
-that dagger-io sends and answers them with placeholder data.
+"""A stand-in for a Dagger engine session. It records the GraphQL requests
+that dagger-io sends and responds with placeholder data.
 
 dagger-io builds each request from the schema that the session returns, so
 the recorded documents are the ones an engine would receive. Answers are
-derived from the schema: an ``ID`` is a digest of the request that produced
-it, so the same chain always gets the same ID, and other leaves get an empty
+derived from the schema. An ``ID`` is a digest of the request that produced
+it, so the same chain always gets the same ID. Other leaves get an empty
 value of their type unless the test's responder returns one.
 """
 
@@ -30,7 +30,7 @@ ID_PATTERN = re.compile(r"\b[A-Z][A-Za-z]*@[0-9a-f]{12}\b")
 class Call:
     """One field selection in a request: ``type.field(args)``.
 
-    Arguments that held an ID hold the chain of calls that produced it.
+    An argument that was an ID contains the chain of calls that produced it.
     """
 
     type_name: str
@@ -52,16 +52,19 @@ class Request:
 
 
 # A responder gets the calls of a request and returns a leaf value, raises
-# ExecFailure to make the engine report a failed exec, or returns None for
-# the default answer.
+# ExecFailure to report a failed exec, or returns None for the default value.
 Responder = Callable[[list[Call]], Any]
 
 
 class ExecFailure(Exception):
-    """Raised by a responder to answer like an engine whose exec failed."""
+    """Raised by a responder to respond like an engine whose exec failed."""
 
-    def __init__(self, command: list[str], exit_code: int, stdout: str = "", stderr: str = ""):
-        super().__init__(f"process {command!r} did not complete successfully: exit code: {exit_code}")
+    def __init__(
+        self, command: list[str], exit_code: int, stdout: str = "", stderr: str = ""
+    ):
+        super().__init__(
+            f"process {command!r} did not complete successfully: exit code: {exit_code}"
+        )
         self.command = command
         self.exit_code = exit_code
         self.stdout = stdout
@@ -133,7 +136,7 @@ class StandInSession:
                 errors.append(f"request {number}: {error.message}")
         return errors
 
-    # -- answers --------------------------------------------------------------
+    # -- responses ------------------------------------------------------------
 
     def _calls(self, document: graphql.DocumentNode) -> list[Call]:
         operation = document.definitions[0]
@@ -146,7 +149,8 @@ class StandInSession:
         while selections is not None:
             node = selections.selections[0]
             if isinstance(node, graphql.InlineFragmentNode):
-                parent = self.schema.get_type(node.type_condition.name.value)  # type: ignore[assignment, union-attr]
+                condition = node.type_condition.name.value  # type: ignore[union-attr]
+                parent = self.schema.get_type(condition)  # type: ignore[assignment]
                 selections = node.selection_set
                 continue
             assert isinstance(node, graphql.FieldNode)
@@ -160,7 +164,9 @@ class StandInSession:
                 args = {name: self._expand(value) for name, value in raw.items()}
                 calls.append(Call(parent.name, node.name.value, args))
             field_type = graphql.get_named_type(parent.fields[node.name.value].type)
-            if isinstance(field_type, (graphql.GraphQLObjectType, graphql.GraphQLInterfaceType)):
+            if isinstance(
+                field_type, (graphql.GraphQLObjectType, graphql.GraphQLInterfaceType)
+            ):
                 parent = field_type
             selections = node.selection_set
         return calls
@@ -204,10 +210,12 @@ class StandInSession:
         if leaf.field == "id":
             return leaf.type_name
         parent = self.schema.get_type(leaf.type_name)
-        directives = parent.fields[leaf.field].ast_node.directives  # type: ignore[union-attr]
+        field = parent.fields[leaf.field]  # type: ignore[union-attr]
+        directives = field.ast_node.directives
         for directive in directives:
             if directive.name.value == "expectedType":
-                return directive.arguments[0].value.value  # type: ignore[attr-defined, no-any-return]
+                argument = directive.arguments[0].value
+                return str(argument.value)  # type: ignore[attr-defined]
         return leaf.type_name
 
 
@@ -277,7 +285,8 @@ class StandInConnection:
 
 
 def client_for(session: StandInSession) -> dagger.Client:
-    return dagger.Client.from_connection(StandInConnection(session))  # type: ignore[arg-type]
+    connection = StandInConnection(session)
+    return dagger.Client.from_connection(connection)  # type: ignore[arg-type]
 
 
 def find_calls(calls: list[Call], field: str) -> list[Call]:
@@ -292,7 +301,11 @@ def find_calls(calls: list[Call], field: str) -> list[Call]:
 
 
 def _nested_calls(value: Any, field: str) -> list[Call]:
-    if isinstance(value, list) and value and all(isinstance(item, Call) for item in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, Call) for item in value)
+    ):
         return find_calls(value, field)
     if isinstance(value, list):
         return [call for item in value for call in _nested_calls(item, field)]

@@ -1,0 +1,388 @@
+"""The Dagger module in ci/: its files, its registration and its functions.
+
+Registration is produced as the engine would ask for it, through the
+module's ``__dagger_module__`` and a stand-in session in place of dagger-io's
+shared connection. Functions are invoked through the same SDK entry that the
+engine calls, with the source passed as a Directory ID.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import graphql
+import pytest
+from dagger.client._session import SharedConnection
+from dagger.mod._exceptions import FunctionError
+from dagger_standin import Call, ScriptedEngine, StandInSession, find_calls
+
+from pipeline.steps import lint as lint_step
+
+pytest_plugins = ["dagger_fixtures"]
+pytestmark = pytest.mark.anyio
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODULE_SOURCE = REPO_ROOT / "ci" / "src"
+Golden = Callable[[str, str], None]
+
+FUNCTIONS = {
+    "lint": ("STRING_KIND", None),
+    "test": ("STRING_KIND", None),
+    "reports": ("OBJECT_KIND", "Directory"),
+    "build": ("OBJECT_KIND", "Container"),
+    "scan": ("OBJECT_KIND", "File"),
+    "ci": ("STRING_KIND", None),
+    "publish": ("STRING_KIND", None),
+    "release": ("STRING_KIND", None),
+}
+NEVER_CACHED = {"publish", "release"}
+SOURCE_IGNORE = [
+    "**/.git",
+    "**/.venv",
+    "**/venv",
+    "**/__pycache__",
+    "**/.pytest_cache",
+    "**/.mypy_cache",
+    "**/.ruff_cache",
+    "**/.tox",
+    "**/.nox",
+    "**/node_modules",
+    ".pipeline",
+]
+
+
+@pytest.fixture
+def module_class(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The module's main class, with the main object name the engine sets."""
+    monkeypatch.syspath_prepend(str(MODULE_SOURCE))
+    from ci.main import Ci
+
+    module = Ci.__dagger_module__
+    monkeypatch.setattr(module, "_main_name", "Ci")
+    monkeypatch.setattr(module, "_main", Ci.__dagger_object_type__)
+    return Ci
+
+
+@pytest.fixture
+def global_session(
+    dagger_schema: graphql.GraphQLSchema,
+    scripted_engine: ScriptedEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[StandInSession]:
+    """A stand-in behind dagger-io's global ``dag``, which module code uses."""
+    session = StandInSession(dagger_schema, responder=scripted_engine)
+    monkeypatch.setattr(SharedConnection(), "_session", session)
+    yield session
+
+
+# -- files ------------------------------------------------------------------
+
+
+def test_dagger_json_names_module() -> None:
+    config = json.loads((REPO_ROOT / "dagger.json").read_text())
+
+    assert config["name"] == "ci"
+    assert config["engineVersion"] == "v0.21.8"
+    assert config["sdk"] == {"source": "python"}
+    assert config["source"] == "ci"
+    for path in ("pyproject.toml", "README.md", "pipeline/**"):
+        assert path in config["include"]
+
+
+def test_module_project_installs_library() -> None:
+    project = tomllib.loads((REPO_ROOT / "ci" / "pyproject.toml").read_text())
+    library = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+    assert project["project"]["dependencies"] == ["dagger-io", "rgbridge-pipeline"]
+    sources = project["tool"]["uv"]["sources"]
+    assert sources["rgbridge-pipeline"] == {"path": "..", "editable": True}
+    assert sources["dagger-io"] == {"path": "sdk", "editable": True}
+    assert project["tool"]["uv"]["override-dependencies"] == ["dagger-io"]
+    entry = project["project"]["entry-points"]["dagger.mod"]["main_object"]
+    assert entry == "ci.main:Ci"
+    assert (
+        project["project"]["requires-python"] == library["project"]["requires-python"]
+    )
+    assert "dagger-io==0.21.8" in library["project"]["dependencies"]
+
+
+def test_module_lock_uses_local_packages() -> None:
+    lock = tomllib.loads((REPO_ROOT / "ci" / "uv.lock").read_text())
+    packages = {package["name"]: package for package in lock["package"]}
+
+    assert packages["dagger-io"]["source"] == {"editable": "sdk"}
+    assert packages["rgbridge-pipeline"]["source"] == {"editable": "../"}
+    assert lock["manifest"]["overrides"] == [{"name": "dagger-io", "editable": "sdk"}]
+
+
+def test_module_gitignore_covers_generated_files() -> None:
+    lines = (REPO_ROOT / "ci" / ".gitignore").read_text().splitlines()
+
+    assert "/sdk" in lines
+    assert "/.venv" in lines
+
+
+# -- registration -----------------------------------------------------------
+
+
+def nested(call: Call, name: str) -> list[Call]:
+    value = call.args[name]
+    assert isinstance(value, list), f"{call.field}.{name} holds no object"
+    return value
+
+
+def type_of(calls: list[Call]) -> tuple[str, str | None, bool]:
+    """Return (kind, object name, optional) of a TypeDef chain."""
+    kind, name, optional = "", None, False
+    for call in calls:
+        if call.field == "withKind":
+            kind = call.args["kind"]
+        elif call.field == "withObject":
+            kind, name = "OBJECT_KIND", call.args["name"]
+        elif call.field == "withOptional":
+            optional = call.args["optional"]
+    return kind, name, optional
+
+
+def describe_function(calls: list[Call]) -> dict[str, Any]:
+    """Collect a Function chain into name, description, cache policy and args."""
+    [root] = [call for call in calls if call.field == "function"]
+    function: dict[str, Any] = {
+        "name": root.args["name"],
+        "returns": type_of(nested(root, "returnType"))[:2],
+        "description": None,
+        "cache": None,
+        "args": {},
+    }
+    for call in calls:
+        if call.field == "withDescription":
+            function["description"] = call.args["description"]
+        elif call.field == "withCachePolicy":
+            function["cache"] = call.args["policy"]
+        elif call.field == "withArg":
+            function["args"][call.args["name"]] = {
+                "type": type_of(nested(call, "typeDef")),
+                "description": call.args.get("description"),
+                "default_path": call.args.get("defaultPath"),
+                "ignore": call.args.get("ignore"),
+                "default_value": call.args.get("defaultValue"),
+            }
+    return function
+
+
+@pytest.fixture
+async def registration(
+    module_class: Any, global_session: StandInSession
+) -> tuple[dict[str, Any], StandInSession]:
+    module_id = await module_class.__dagger_module__._typedefs()
+    final = global_session.requests[-1]
+    assert final.returned_id == module_id
+    [with_object] = [call for call in final.calls if call.field == "withObject"]
+    object_calls = nested(with_object, "object")
+    functions = {}
+    for call in object_calls:
+        if call.field in ("withFunction", "withConstructor"):
+            described = describe_function(nested(call, "function"))
+            functions[described["name"]] = described
+    return functions, global_session
+
+
+async def test_registration_queries_valid(registration: Any, golden: Golden) -> None:
+    _, session = registration
+
+    assert session.validation_errors() == []
+    golden("module.graphql", session.transcript())
+
+
+async def test_registration_lists_functions(registration: Any) -> None:
+    functions, _ = registration
+
+    assert set(functions) == set(FUNCTIONS) | {""}
+    for name, returns in FUNCTIONS.items():
+        assert functions[name]["returns"] == returns, name
+
+
+async def test_functions_have_one_line_help(registration: Any) -> None:
+    functions, _ = registration
+
+    for name in FUNCTIONS:
+        description = functions[name]["description"]
+        assert description, f"{name} has no description"
+        assert "\n" not in description, name
+
+
+async def test_push_functions_never_cached(registration: Any) -> None:
+    functions, _ = registration
+
+    for name in FUNCTIONS:
+        expected = "Never" if name in NEVER_CACHED else None
+        assert functions[name]["cache"] == expected, name
+
+
+async def test_constructor_source_argument(registration: Any) -> None:
+    functions, _ = registration
+    args = functions[""]["args"]
+
+    assert list(args) == ["source", "config"]
+    source = args["source"]
+    assert source["type"] == ("OBJECT_KIND", "Directory", False)
+    assert source["default_path"] == "/"
+    assert source["ignore"] == SOURCE_IGNORE
+    assert source["default_value"] is None
+    assert args["config"]["type"] == ("OBJECT_KIND", "File", True)
+
+
+async def test_function_arguments(registration: Any) -> None:
+    functions, _ = registration
+
+    assert functions["scan"]["args"]["image"]["type"] == (
+        "OBJECT_KIND",
+        "Container",
+        True,
+    )
+    for name in ("lint", "test", "reports", "build", "ci"):
+        assert functions[name]["args"] == {}, name
+    for name in NEVER_CACHED:
+        password = functions[name]["args"]["password"]
+        assert password["type"] == ("OBJECT_KIND", "Secret", True)
+    for name, function in functions.items():
+        for arg, spec in function["args"].items():
+            assert spec["description"], f"{name or 'constructor'}: {arg} has no help"
+
+
+# -- invocation -------------------------------------------------------------
+
+
+class CopyingEngine(ScriptedEngine):
+    """Also exports host directories by copying them, as an engine would."""
+
+    def __call__(self, calls: list[Call]) -> Any:
+        leaf = calls[-1]
+        if leaf.field == "name" and calls[-2].field == "directory":
+            return Path(calls[-2].args["path"]).name
+        if leaf.field == "export" and calls[-2].field == "directory":
+            shutil.copytree(calls[-2].args["path"], leaf.args["path"])
+            return leaf.args["path"]
+        return super().__call__(calls)
+
+
+@pytest.fixture
+def copying_engine() -> CopyingEngine:
+    return CopyingEngine()
+
+
+@pytest.fixture
+def scripted_engine(copying_engine: CopyingEngine) -> ScriptedEngine:
+    return copying_engine
+
+
+async def source_id(session: StandInSession, path: Path) -> str:
+    from dagger import dag
+
+    return await dag.host().directory(str(path)).id()
+
+
+async def call_function(module_class: Any, name: str, source: str) -> Any:
+    """Invoke a function through the SDK entry that the engine calls."""
+    module = module_class.__dagger_module__
+    parent, _ = await module.get_structured_result("Ci", {}, "", {"source": source})
+    state = await module.unstructure(parent, module_class)
+    result, _ = await module.get_structured_result("Ci", state, name, {})
+    return result
+
+
+@pytest.fixture
+def module_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the module's functions create their work folders."""
+    folder = tmp_path / "module-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+async def test_lint_uses_passed_source(
+    module_class: Any,
+    global_session: StandInSession,
+    sample_project: Path,
+    copying_engine: CopyingEngine,
+    module_tmp: Path,
+) -> None:
+    copying_engine.files[lint_step.REPORT] = ""
+    source = await source_id(global_session, sample_project)
+
+    summary = await call_function(module_class, "lint", source)
+
+    assert "lint" in summary
+    assert "passed" in summary
+    assert global_session.validation_errors() == []
+    exported = [r for r in global_session.requests if r.leaf.field == "export"]
+    assert exported[0].calls[:2] == [
+        Call("Query", "host", {}),
+        Call("Host", "directory", {"path": str(sample_project)}),
+    ]
+    [run_folder] = module_tmp.iterdir()
+    assert (run_folder / "sample-service" / "pyproject.toml").is_file()
+
+
+async def test_lint_mounts_module_source(
+    module_class: Any,
+    global_session: StandInSession,
+    sample_project: Path,
+    copying_engine: CopyingEngine,
+    module_tmp: Path,
+) -> None:
+    copying_engine.files[lint_step.REPORT] = ""
+    source = await source_id(global_session, sample_project)
+
+    await call_function(module_class, "lint", source)
+
+    syncs = [r for r in global_session.requests if r.leaf.field == "sync"]
+    [with_directory] = find_calls(syncs[0].calls, "withDirectory")
+    mounted = with_directory.args["source"]
+    assert mounted[:2] == [
+        Call("Query", "host", {}),
+        Call("Host", "directory", {"path": str(sample_project)}),
+    ]
+    assert mounted[-1].field == "filter"
+    assert "**/.git" in mounted[-1].args["exclude"]
+
+
+async def test_lint_failure_raises_findings(
+    module_class: Any,
+    global_session: StandInSession,
+    sample_project: Path,
+    copying_engine: CopyingEngine,
+    module_tmp: Path,
+) -> None:
+    finding = "./app.py:3:1: F401 'os' imported but unused\n"
+    copying_engine.files[lint_step.REPORT] = finding
+    copying_engine.stdout["flake8"] = finding
+    copying_engine.exit_codes["flake8"] = 1
+    source = await source_id(global_session, sample_project)
+
+    with pytest.raises(FunctionError) as failure:
+        await call_function(module_class, "lint", source)
+
+    message = str(failure.value)
+    assert "failed: lint" in message
+    assert "app.py:3:1: F401" in message
+
+
+async def test_publish_fails_loudly(
+    module_class: Any, global_session: StandInSession, sample_project: Path
+) -> None:
+    source = await source_id(global_session, sample_project)
+    module = module_class.__dagger_module__
+    parent, _ = await module.get_structured_result("Ci", {}, "", {"source": source})
+    state = await module.unstructure(parent, module_class)
+
+    with pytest.raises(FunctionError, match="publish is not implemented yet"):
+        await module.get_structured_result(
+            "Ci", state, "publish", {"address": "registry.test/app:1"}
+        )
