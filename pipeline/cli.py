@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -26,8 +27,11 @@ from .errors import (
     StepFailed,
 )
 from .graph import plan
+from .reports import github_annotations, gitlab_sections
 from .results import Status, StepResult
 from .run import Prepared, RunRecord, execute, prepare, write_record
+from .scaffold import DEFAULT_MODULE, DEFAULT_REQUIREMENT, Wrappers, init_project
+from .steps import build as build_step
 from .ui import LiveView, failure_details, summary_table
 
 log = logging.getLogger("pipeline")
@@ -89,6 +93,10 @@ def _run(
     if image is not None:
         prepared.context.image = image
     names = [step.name for step in plan(steps) if not (image and step.name == "build")]
+    if build_step.NAME in names:
+        # Checks the Dockerfile, so that a missing one is a usage error (exit 2)
+        # even when no engine is reachable.
+        build_step.describe(prepared.context)
     stderr.print(f"engine: {choice.describe()}", highlight=False)
     record = anyio.run(_run_async, prepared, steps, names)
     _report(record, as_json)
@@ -150,11 +158,22 @@ def _report(record: RunRecord, as_json: bool) -> None:
     record_path = write_record(record)
     if record.results:
         stderr.print(summary_table(record.results))
-    for result in record.results:
-        if result.status is Status.FAILED:
-            stderr.print(failure_details(result), soft_wrap=True)
+    sections = gitlab_sections(record, os.environ)
+    if sections is not None:
+        # Written as is, since click and rich would strip the escape codes.
+        sys.stderr.write(sections)
+        sys.stderr.flush()
+    else:
+        for result in record.results:
+            if result.status is Status.FAILED:
+                stderr.print(failure_details(result), soft_wrap=True)
     if record_path is not None:
         stderr.print(f"reports: {record.reports_dir}", highlight=False)
+    # The GitHub runner reads workflow commands from stdout and stderr alike
+    # (actions/runner, ScriptHandler.cs), so with --json they go to stderr.
+    annotations = github_annotations(record, os.environ)
+    if annotations:
+        click.echo("\n".join(annotations), err=as_json)
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
 
@@ -197,6 +216,43 @@ def scan(
     _run(["scan"], path, config_file, as_json, engine, image=image)
 
 
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), default=".", required=False)
+@click.option(
+    "--wrappers",
+    type=click.Choice([choice.value for choice in Wrappers]),
+    default=Wrappers.CLI.value,
+    show_default=True,
+    help="What the CI wrappers call: cli installs and runs the pipeline command, "
+    "dagger calls the Dagger module with `dagger -m MODULE call`.",
+)
+@click.option(
+    "--module",
+    default=DEFAULT_MODULE,
+    show_default=True,
+    help="Address of the Dagger module that --wrappers dagger calls.",
+)
+@click.option(
+    "--requirement",
+    default=DEFAULT_REQUIREMENT,
+    show_default=True,
+    help="pip requirement that --wrappers cli installs the pipeline with.",
+)
+@click.option(
+    "--force", is_flag=True, help="Overwrite the CI wrappers and pipeline.toml."
+)
+def init(path: Path, wrappers: str, module: str, requirement: str, force: bool) -> None:
+    """Add settings, GitHub and GitLab CI wrappers and a Dockerfile to a project.
+
+    Existing files are kept (listed as skipped) unless --force is given. A
+    pyproject.toml without [tool.pipeline] gets the table appended; a Dockerfile
+    is written only where none exists.
+    """
+    outcomes = init_project(path, Wrappers(wrappers), module, requirement, force)
+    for outcome in outcomes:
+        click.echo(outcome.describe())
+
+
 def main() -> None:
     """Run the CLI and turn every outcome into its exit code."""
     try:
@@ -215,4 +271,3 @@ def main() -> None:
         stderr.print("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import anyio
 
@@ -60,9 +61,11 @@ async def run_graph(
                 )
             else:
                 on_event(step.name, Status.RUNNING, None)
+                started_at = datetime.now(timezone.utc)
                 started = time.monotonic()
                 result = await _run_step(step, ctx, backend)
                 result.duration = time.monotonic() - started
+                result.started = started_at
             results[step.name] = result
             ctx.results[step.name] = result
             on_event(step.name, result.status, result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,15 @@ class Finding:
     package: str | None = None
     installed_version: str | None = None
     fixed_version: str | None = None
+    # Set by the scan. ``image`` names the image that contains the finding
+    # (None for a file of the project), ``category`` is vulnerability, secret
+    # or misconfiguration, and ``score`` is the CVSS v3 base score of the
+    # source that gave the severity.
+    image: str | None = None
+    category: str | None = None
+    title: str | None = None
+    url: str | None = None
+    score: float | None = None
 
     def location(self) -> str:
         parts = [self.path or "-"]
@@ -62,6 +72,7 @@ class StepResult:
     output: str = ""
     reports: list[Path] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    started: datetime | None = None  # wall-clock start in UTC, None if it never ran
 
     @property
     def ok(self) -> bool:
@@ -80,6 +91,9 @@ class StepResult:
             "name": self.name,
             "status": self.status.value,
             "summary": self.summary,
+            "started": (
+                self.started.isoformat(timespec="seconds") if self.started else None
+            ),
             "duration": round(self.duration, 3),
             "image": self.image,
             "findings": counts,

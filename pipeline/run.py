@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +18,7 @@ from .backends.base import Backend
 from .config import Settings, load_settings, resolve_ca_bundle
 from .graph import StepEvent, plan, run_graph
 from .project import Project
+from .reports import image_summary, write_reports
 from .results import StepResult, finding_to_dict
 from .secrets import Redactor
 from .steps import Context
@@ -35,6 +38,8 @@ class RunRecord:
     results: list[StepResult] = field(default_factory=list)
     reports_dir: Path | None = None
     interrupted: bool = False
+    # The report files of write_reports, by kind.
+    reports: dict[str, Path] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -50,6 +55,8 @@ class RunRecord:
             "status": "passed" if self.ok else "failed",
             "interrupted": self.interrupted,
             "host": platform.node(),
+            "image": image_summary(self.results),
+            "reports": {kind: str(path) for kind, path in self.reports.items()},
             "steps": [
                 dict(
                     result.to_dict(),
@@ -105,10 +112,16 @@ async def execute(
     return prepared.record
 
 
-def write_record(record: RunRecord) -> Path | None:
+def write_record(
+    record: RunRecord, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """Write the run's reports, then run.json, which lists them."""
     if record.reports_dir is None:
         return None
     record.reports_dir.mkdir(parents=True, exist_ok=True)
+    record.reports = write_reports(
+        record, record.reports_dir, os.environ if environ is None else environ
+    )
     path = record.reports_dir / "run.json"
     path.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
     return path

@@ -19,9 +19,28 @@ import docker
 import docker.errors
 import pytest
 
+# Helper modules whose asserts should report their values like a test's do.
+pytest.register_assert_rewrite("wrapper_checks")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "examples" / "bridge-service"
-PIPELINE = Path(sys.executable).parent / "pipeline"
+
+
+def _pipeline_script() -> Path:
+    """Find the `pipeline` script of the Python that runs the tests.
+
+    pip puts it next to the interpreter in a virtualenv or the official Python
+    images. Debian's python3 is /usr/bin/python3, but its pip puts scripts in
+    /usr/local/bin, so the script is then looked up on PATH.
+    """
+    beside = Path(sys.executable).parent / "pipeline"
+    if beside.is_file():
+        return beside
+    found = shutil.which("pipeline")
+    return Path(found) if found else beside
+
+
+PIPELINE = _pipeline_script()
 RUN_LABEL = "io.rgbridge.pipeline.run"
 REGISTRY = os.environ.get("PIPELINE_TEST_REGISTRY", "127.0.0.1:5000")
 TRIVY_DB = f"{REGISTRY}/trivy-db:2"
@@ -129,6 +148,8 @@ def project_factory(tmp_path: Path) -> ProjectFactory:
 
 
 def git_init(root: Path) -> None:
+    if shutil.which("git") is None:
+        skip_or_fail("git is not installed; the test needs it to create a repository")
     commands = [
         ["git", "init", "-q", "-b", "main"],
         ["git", "add", "-A"],

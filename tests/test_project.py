@@ -9,7 +9,7 @@ import pytest
 from pipeline.errors import UsageError
 from pipeline.project import Project
 
-from conftest import ProjectFactory, git_init
+from conftest import ProjectFactory
 
 
 def test_ignored_paths_excluded(project_factory: ProjectFactory) -> None:

@@ -376,4 +376,3 @@ async def _lines(stream: Any) -> Any:
             yield line.decode("utf-8", errors="replace") + "\n"
     if buffer:
         yield buffer.decode("utf-8", errors="replace")
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,7 +143,11 @@ def judge(spec: BuildSpec, output: BuildOutput, root: Path) -> StepResult:
         Status.PASSED,
         f"built {min(spec.tags, key=len)}",
         image=spec.tags[0],
-        details={"image_id": output.image_id, "tags": list(spec.tags)},
+        details={
+            "image_id": output.image_id,
+            "tags": list(spec.tags),
+            "dockerfile": Path(os.path.relpath(spec.dockerfile, root)).as_posix(),
+        },
     )
 
 

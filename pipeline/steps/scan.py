@@ -151,18 +151,24 @@ def parse_trivy(
             severity = vuln.get("Severity", "UNKNOWN")
             package = vuln.get("PkgName")
             package_path = vuln.get("PkgPath")
+            title = vuln.get("Title") or vuln.get("Description", "")[:120]
             findings.append(
                 Finding(
                     tool="trivy",
                     rule=vuln.get("VulnerabilityID", "?"),
                     message=f"{package} {vuln.get('InstalledVersion', '')}: "
-                    f"{vuln.get('Title') or vuln.get('Description', '')[:120]}".strip(),
+                    f"{title}".strip(),
                     path=f"{image}:{package_path}" if image and package_path else path,
                     severity=severity,
                     blocking=severity in gate,
                     package=package,
                     installed_version=vuln.get("InstalledVersion"),
                     fixed_version=vuln.get("FixedVersion") or None,
+                    image=image,
+                    category="vulnerability",
+                    title=title or None,
+                    url=vuln.get("PrimaryURL") or None,
+                    score=_cvss_score(vuln),
                 )
             )
         for secret in result.get("Secrets") or []:
@@ -176,6 +182,9 @@ def parse_trivy(
                     line=secret.get("StartLine"),
                     severity=severity,
                     blocking=severity in gate,
+                    image=image,
+                    category="secret",
+                    title=secret.get("Title") or None,
                 )
             )
         for misconfig in result.get("Misconfigurations") or []:
@@ -192,9 +201,41 @@ def parse_trivy(
                     line=cause.get("StartLine") or None,
                     severity=severity,
                     blocking=severity in gate,
+                    image=image,
+                    category="misconfiguration",
+                    title=misconfig.get("Title") or None,
+                    url=misconfig.get("PrimaryURL") or None,
                 )
             )
     return findings
+
+
+def _cvss_score(vulnerability: dict[str, Any]) -> float | None:
+    """Return the CVSS v3 base score of the source that set the severity."""
+    source = vulnerability.get("SeveritySource")
+    cvss = (vulnerability.get("CVSS") or {}).get(source) or {}
+    score = cvss.get("V3Score")
+    return float(score) if isinstance(score, (int, float)) and score > 0 else None
+
+
+def image_metadata(report: dict[str, Any]) -> dict[str, object]:
+    """Return the image ID, operating system and Trivy version of an image report."""
+    metadata = report.get("Metadata") or {}
+    details: dict[str, object] = {}
+    if metadata.get("ImageID"):
+        details["image_id"] = metadata["ImageID"]
+    if metadata.get("RepoDigests"):
+        details["repo_digests"] = list(metadata["RepoDigests"])
+    operating_system = metadata.get("OS") or {}
+    if operating_system.get("Family"):
+        # family:version, such as debian:12.15
+        name = operating_system.get("Name")
+        family = operating_system["Family"]
+        details["operating_system"] = f"{family}:{name}" if name else family
+    version = (report.get("Trivy") or {}).get("Version")
+    if version:
+        details["trivy_version"] = version
+    return details
 
 
 def _load(path: Path | None) -> dict[str, Any] | None:
@@ -236,12 +277,15 @@ def judge(
     gate: set[str] = set(settings.severity)
     findings: list[Finding] = []
     reports = []
+    details: dict[str, object] = {"vulnerabilities_scanned": vulnerabilities_scanned}
     for container_path, image_name in ((IMAGE_REPORT, image), (SOURCE_REPORT, None)):
         host_path = execution.outputs.get(container_path)
         report = _load(host_path)
         if host_path is not None and report is not None:
             reports.append(host_path)
             findings += parse_trivy(report, gate, image_name)
+            if image_name is not None:
+                details.update(image_metadata(report))
     if IMAGE_REPORT not in execution.outputs:
         return StepResult(NAME, Status.FAILED, "trivy wrote no image report")
 
@@ -251,7 +295,6 @@ def judge(
     }
     findings.sort(key=lambda f: (not f.blocking, order.get(f.severity or "", 9)))
     gate_text = ",".join(sorted(gate, key=lambda s: order[s]))
-    details: dict[str, object] = {"vulnerabilities_scanned": vulnerabilities_scanned}
     note = "" if vulnerabilities_scanned else " (no vulnerability database: secrets and misconfigurations only)"
     if blocking:
         return StepResult(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ElementTree
+from dataclasses import replace
 from pathlib import Path
 
 from ..backends.base import Backend, StepOutputCallback
@@ -131,6 +132,49 @@ def parse_failures(output: str) -> list[Finding]:
     return findings
 
 
+def locate_failures(findings: list[Finding], junit: Path) -> list[Finding]:
+    """Add each failed test's line, taken from its traceback in the JUnit report."""
+    tracebacks: dict[tuple[str, str], str] = {}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        for outcome in case:
+            if outcome.tag in ("failure", "error"):
+                address = (case.get("classname", ""), case.get("name", ""))
+                text = (outcome.text or "") + "\n" + outcome.get("message", "")
+                tracebacks[address] = text
+    located = []
+    for finding in findings:
+        traceback = tracebacks.get(_junit_address(finding.rule))
+        line = None
+        if traceback and finding.path:
+            line = _last_line_in(traceback, finding.path)
+        located.append(replace(finding, line=line) if line else finding)
+    return located
+
+
+def _junit_address(nodeid: str) -> tuple[str, str]:
+    """Return the classname and name that pytest's JUnit XML gives a node ID.
+
+    This reverses pytest's ``mangle_test_address`` (src/_pytest/junitxml.py):
+    the file path becomes a dotted module path and parameters stay on the name.
+    """
+    path, bracket, parameters = nodeid.partition("[")
+    names = path.split("::")
+    names[0] = re.sub(r"\.py$", "", names[0].replace("/", "."))
+    names[-1] += bracket + parameters
+    return ".".join(names[:-1]), names[-1]
+
+
+def _last_line_in(traceback: str, path: str) -> int | None:
+    """Find the last ``path:line`` of a test file in a traceback.
+
+    pytest ends a failure with ``tests/test_x.py:12: AssertionError`` and a
+    setup error with ``/src/tests/test_x.py:12``.
+    """
+    pattern = rf"^(?:{re.escape(SOURCE_PATH)}/)?{re.escape(path)}:(\d+)(?::|\s*$)"
+    matches = re.findall(pattern, traceback, re.MULTILINE)
+    return int(matches[-1]) if matches else None
+
+
 def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
     if execution.setup_failed is not None:
         output = execution.setup_failed.output
@@ -156,6 +200,8 @@ def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
             details=details,
         )
     findings = parse_failures(result.stdout)
+    if reports:
+        findings = locate_failures(findings, reports[0])
     if result.exit_code == EXIT_OK:
         passed = counts["tests"] - counts["skipped"] if counts else 0
         summary = f"{passed} passed" if counts else "passed"

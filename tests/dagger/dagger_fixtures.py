@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import graphql
 import pytest
-from dagger_standin import ScriptedEngine, StandInSession, client_for
+from dagger.client._session import SharedConnection
+from dagger_standin import Call, ScriptedEngine, StandInSession, client_for
 
 from pipeline.backends.dagger import DaggerBackend, Inputs
 from pipeline.run import Prepared, prepare
@@ -26,6 +29,7 @@ from pipeline.steps import build as build_step
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_ENV = "PIPELINE_DAGGER_SCHEMA"
 DEFAULT_SCHEMA = REPO_ROOT.parent / "shared" / "dagger" / "schema-v0.21.8.graphqls"
+MODULE_SOURCE = REPO_ROOT / "ci" / "src"
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN_ENV = "PIPELINE_UPDATE_GOLDEN"
 FIXED_TIME = "2026-01-01T00:00:00+00:00"
@@ -152,3 +156,103 @@ def golden() -> Callable[[str, str], None]:
         )
 
     return check
+
+
+# -- the module's registration ------------------------------------------------
+
+
+@pytest.fixture
+def module_class(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The module's main class, with the main object name the engine sets."""
+    monkeypatch.syspath_prepend(str(MODULE_SOURCE))
+    from ci.main import Ci
+
+    module = Ci.__dagger_module__
+    monkeypatch.setattr(module, "_main_name", "Ci")
+    monkeypatch.setattr(module, "_main", Ci.__dagger_object_type__)
+    return Ci
+
+
+@pytest.fixture
+def global_session(
+    dagger_schema: graphql.GraphQLSchema,
+    scripted_engine: ScriptedEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[StandInSession]:
+    """A stand-in behind dagger-io's global ``dag``, which module code uses."""
+    session = StandInSession(dagger_schema, responder=scripted_engine)
+    monkeypatch.setattr(SharedConnection(), "_session", session)
+    yield session
+
+
+def nested(call: Call, name: str) -> list[Call]:
+    value = call.args[name]
+    assert isinstance(value, list), f"{call.field}.{name} holds no object"
+    return value
+
+
+def type_of(calls: list[Call]) -> tuple[str, str | None, bool]:
+    """Return (kind, object name, optional) of a TypeDef chain."""
+    kind, name, optional = "", None, False
+    for call in calls:
+        if call.field == "withKind":
+            kind = call.args["kind"]
+        elif call.field == "withObject":
+            kind, name = "OBJECT_KIND", call.args["name"]
+        elif call.field == "withOptional":
+            optional = call.args["optional"]
+    return kind, name, optional
+
+
+def describe_function(calls: list[Call]) -> dict[str, Any]:
+    """Collect a Function chain into name, description, cache policy and args."""
+    [root] = [call for call in calls if call.field == "function"]
+    function: dict[str, Any] = {
+        "name": root.args["name"],
+        "returns": type_of(nested(root, "returnType"))[:2],
+        "description": None,
+        "cache": None,
+        "args": {},
+    }
+    for call in calls:
+        if call.field == "withDescription":
+            function["description"] = call.args["description"]
+        elif call.field == "withCachePolicy":
+            function["cache"] = call.args["policy"]
+        elif call.field == "withArg":
+            function["args"][call.args["name"]] = {
+                "type": type_of(nested(call, "typeDef")),
+                "description": call.args.get("description"),
+                "default_path": call.args.get("defaultPath"),
+                "ignore": call.args.get("ignore"),
+                "default_value": call.args.get("defaultValue"),
+            }
+    return function
+
+
+async def read_registration(
+    module_class: Any, session: StandInSession
+) -> dict[str, dict[str, Any]]:
+    """Register the module as the engine requests it and describe its functions.
+
+    The constructor is listed under the name "".
+    """
+    module_id = await module_class.__dagger_module__._typedefs()
+    final = session.requests[-1]
+    assert final.returned_id == module_id
+    [with_object] = [call for call in final.calls if call.field == "withObject"]
+    object_calls = nested(with_object, "object")
+    functions = {}
+    for call in object_calls:
+        if call.field in ("withFunction", "withConstructor"):
+            described = describe_function(nested(call, "function"))
+            functions[described["name"]] = described
+    return functions
+
+
+@pytest.fixture
+def module_functions(
+    module_class: Any, global_session: StandInSession
+) -> dict[str, dict[str, Any]]:
+    """The module's functions as registered, by name ("" is the constructor)."""
+    return anyio.run(read_registration, module_class, global_session)

@@ -7,12 +7,12 @@ import os
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from dagger_standin import ExecFailure, ScriptedEngine, StandInSession, find_calls
 
+from conftest import PIPELINE
 from pipeline.backends import choose_engine, find_dagger, open_backend
 from pipeline.backends.dagger import DaggerBackend, connect, dagger_excludes
 from pipeline.errors import EXIT_NO_ENGINE, ConfigError, NoEngineError, StepFailed
@@ -25,7 +25,6 @@ from pipeline.steps import build as build_step
 pytest_plugins = ["dagger_fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PIPELINE = Path(sys.executable).parent / "pipeline"
 
 
 def noop(text: str) -> None:

@@ -12,14 +12,13 @@ import json
 import shutil
 import tempfile
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import graphql
 import pytest
-from dagger.client._session import SharedConnection
 from dagger.mod._exceptions import FunctionError
+from dagger_fixtures import read_registration
 from dagger_standin import Call, ScriptedEngine, StandInSession, find_calls
 
 from pipeline.steps import lint as lint_step
@@ -28,7 +27,6 @@ pytest_plugins = ["dagger_fixtures"]
 pytestmark = pytest.mark.anyio
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODULE_SOURCE = REPO_ROOT / "ci" / "src"
 Golden = Callable[[str, str], None]
 
 FUNCTIONS = {
@@ -55,30 +53,6 @@ SOURCE_IGNORE = [
     "**/node_modules",
     ".pipeline",
 ]
-
-
-@pytest.fixture
-def module_class(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The module's main class, with the main object name the engine sets."""
-    monkeypatch.syspath_prepend(str(MODULE_SOURCE))
-    from ci.main import Ci
-
-    module = Ci.__dagger_module__
-    monkeypatch.setattr(module, "_main_name", "Ci")
-    monkeypatch.setattr(module, "_main", Ci.__dagger_object_type__)
-    return Ci
-
-
-@pytest.fixture
-def global_session(
-    dagger_schema: graphql.GraphQLSchema,
-    scripted_engine: ScriptedEngine,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[StandInSession]:
-    """A stand-in behind dagger-io's global ``dag``, which module code uses."""
-    session = StandInSession(dagger_schema, responder=scripted_engine)
-    monkeypatch.setattr(SharedConnection(), "_session", session)
-    yield session
 
 
 # -- files ------------------------------------------------------------------
@@ -131,66 +105,11 @@ def test_module_gitignore_covers_generated_files() -> None:
 # -- registration -----------------------------------------------------------
 
 
-def nested(call: Call, name: str) -> list[Call]:
-    value = call.args[name]
-    assert isinstance(value, list), f"{call.field}.{name} holds no object"
-    return value
-
-
-def type_of(calls: list[Call]) -> tuple[str, str | None, bool]:
-    """Return (kind, object name, optional) of a TypeDef chain."""
-    kind, name, optional = "", None, False
-    for call in calls:
-        if call.field == "withKind":
-            kind = call.args["kind"]
-        elif call.field == "withObject":
-            kind, name = "OBJECT_KIND", call.args["name"]
-        elif call.field == "withOptional":
-            optional = call.args["optional"]
-    return kind, name, optional
-
-
-def describe_function(calls: list[Call]) -> dict[str, Any]:
-    """Collect a Function chain into name, description, cache policy and args."""
-    [root] = [call for call in calls if call.field == "function"]
-    function: dict[str, Any] = {
-        "name": root.args["name"],
-        "returns": type_of(nested(root, "returnType"))[:2],
-        "description": None,
-        "cache": None,
-        "args": {},
-    }
-    for call in calls:
-        if call.field == "withDescription":
-            function["description"] = call.args["description"]
-        elif call.field == "withCachePolicy":
-            function["cache"] = call.args["policy"]
-        elif call.field == "withArg":
-            function["args"][call.args["name"]] = {
-                "type": type_of(nested(call, "typeDef")),
-                "description": call.args.get("description"),
-                "default_path": call.args.get("defaultPath"),
-                "ignore": call.args.get("ignore"),
-                "default_value": call.args.get("defaultValue"),
-            }
-    return function
-
-
 @pytest.fixture
 async def registration(
     module_class: Any, global_session: StandInSession
 ) -> tuple[dict[str, Any], StandInSession]:
-    module_id = await module_class.__dagger_module__._typedefs()
-    final = global_session.requests[-1]
-    assert final.returned_id == module_id
-    [with_object] = [call for call in final.calls if call.field == "withObject"]
-    object_calls = nested(with_object, "object")
-    functions = {}
-    for call in object_calls:
-        if call.field in ("withFunction", "withConstructor"):
-            described = describe_function(nested(call, "function"))
-            functions[described["name"]] = described
-    return functions, global_session
+    return await read_registration(module_class, global_session), global_session
 
 
 async def test_registration_queries_valid(registration: Any, golden: Golden) -> None:

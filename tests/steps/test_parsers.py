@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.steps.build import parse_build_failure
 from pipeline.steps.lint import parse_flake8
-from pipeline.steps.scan import IMAGE_TARBALL, parse_trivy
-from pipeline.steps.test import parse_failures, parse_junit
+from pipeline.steps.scan import IMAGE_TARBALL, image_metadata, parse_trivy
+from pipeline.steps.test import _junit_address, locate_failures, parse_failures, parse_junit
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -139,3 +139,55 @@ def test_trivy_source_secret() -> None:
 )
 def test_trivy_empty_reports(report: dict[str, object], expected: list[object]) -> None:
     assert parse_trivy(report, {"HIGH"}) == expected
+
+
+def test_pytest_failures_located() -> None:
+    findings = parse_failures((DATA / "pytest-failures.log").read_text())
+
+    located = locate_failures(findings, DATA / "junit-failures.xml")
+
+    assert [(finding.path, finding.line) for finding in located] == [
+        ("tests/test_planted.py", 2),
+        ("tests/test_planted.py", 5),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "classname", "name"),
+    [
+        ("tests/test_x.py::test_y", "tests.test_x", "test_y"),
+        ("tests/test_x.py::TestA::test_b", "tests.test_x.TestA", "test_b"),
+        ("test_x.py::test_p[a::b-1.5]", "test_x", "test_p[a::b-1.5]"),
+    ],
+)
+def test_junit_address_matches_pytest(nodeid: str, classname: str, name: str) -> None:
+    assert _junit_address(nodeid) == (classname, name)
+
+
+def test_trivy_vulnerability_details() -> None:
+    findings = parse_trivy(load("trivy-image-pyyaml.json"), {"CRITICAL"}, "svc:1")
+
+    pyyaml = next(finding for finding in findings if finding.rule == "CVE-2020-14343")
+    assert pyyaml.image == "svc:1"
+    assert pyyaml.category == "vulnerability"
+    assert pyyaml.title == "Improper Input Validation in PyYAML"
+    assert pyyaml.url == "https://avd.aquasec.com/nvd/cve-2020-14343"
+    assert pyyaml.score == 9.8
+
+
+def test_trivy_source_findings_not_in_image() -> None:
+    findings = parse_trivy(load("trivy-source-token.json"), {"CRITICAL"})
+
+    assert [(finding.image, finding.category) for finding in findings] == [(None, "secret")]
+    assert findings[0].title == "GitHub Personal Access Token"
+    assert findings[0].score is None
+
+
+def test_trivy_image_metadata() -> None:
+    metadata = image_metadata(load("trivy-image-pyyaml.json"))
+
+    assert metadata == {
+        "image_id": "sha256:72b751082c6b1f985cd98e1478c916874068e1ba4f4a8d4cbe7049f553c97a0e",
+        "operating_system": "debian:12.15",
+        "trivy_version": "0.76.0",
+    }

@@ -43,6 +43,7 @@ SOURCE_IGNORE = [
     "**/node_modules",
     ".pipeline",
 ]
+ALL_STEPS = ["lint", "test", "build", "scan"]
 # The tag under which an image passed to `scan --image` is scanned.
 SCANNED_IMAGE = "scanned-image:latest"
 REPORT_WIDTH = 100
@@ -95,9 +96,9 @@ class Ci:
 
     @function
     async def reports(self) -> dagger.Directory:
-        """Run lint and test and return their reports, even when they fail."""
+        """Run every step and return the reports folder, even when a step fails."""
         run = await self._start()
-        record = await run.execute(["lint", "test"])
+        record = await run.execute(ALL_STEPS)
         return dag.host().directory(str(record.reports_dir))
 
     @function
@@ -132,7 +133,7 @@ class Ci:
     async def ci(self) -> str:
         """Run lint, test, build and scan, concurrently where they are independent."""
         run = await self._start()
-        return _report_or_raise(await run.execute(["lint", "test", "build", "scan"]))
+        return _report_or_raise(await run.execute(ALL_STEPS))
 
     @function(cache="never")
     async def publish(
