@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from . import __version__
-from .backends import ENGINE_CHOICES, choose_engine, open_backend
+from .backends import ENGINE_CHOICES, Backend, choose_engine, open_backend
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -36,6 +36,11 @@ from .ui import LiveView, failure_details, summary_table
 
 log = logging.getLogger("pipeline")
 stderr = Console(stderr=True)
+if not stderr.is_terminal and "COLUMNS" not in os.environ:
+    # CI logs are not terminals: rich would wrap at 80 columns and split
+    # paths and messages that people search for.
+    stderr.width = 160
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,23 +109,38 @@ def _run(
         raise Interrupted("interrupted; the run's containers were removed")
     if not record.ok:
         failed = [r.name for r in record.results if r.status is Status.FAILED]
-        raise StepFailed(f"failed: {', '.join(failed)}")
+        noun = "step" if len(failed) == 1 else "steps"
+        raise StepFailed(f"{noun} failed: {', '.join(failed)}")
 
 
 async def _run_async(prepared: Prepared, steps: list[str], names: list[str]) -> RunRecord:
-    backend = await open_backend(
-        prepared.record.engine,
-        prepared.record.run_id,
-        prepared.redactor,
-        prepared.settings,
-    )
+    """Run the steps with signal handling that covers cleanup as well."""
     record = prepared.record
+    run_scope = anyio.CancelScope()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_cancel_on_signal, group.cancel_scope, record)
+            group.start_soon(_watch_signals, run_scope, record)
+            try:
+                await _run_steps(prepared, steps, names, run_scope)
+            finally:
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _first_pipeline_error(group) from None
+    return record
+
+
+async def _run_steps(
+    prepared: Prepared, steps: list[str], names: list[str], run_scope: anyio.CancelScope
+) -> None:
+    record = prepared.record
+    backend: Backend | None = None
+    try:
+        with run_scope:
+            backend = await open_backend(
+                record.engine, record.run_id, prepared.redactor, prepared.settings
+            )
             with LiveView(stderr, names) as view:
                 await execute(prepared, steps, backend, view.update)
-            group.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise _first_pipeline_error(group) from None
     finally:
@@ -130,18 +150,26 @@ async def _run_async(prepared: Prepared, steps: list[str], names: list[str]) -> 
                 finished.get(name) or StepResult(name, Status.CANCELLED, "interrupted")
                 for name in names
             ]
-        await backend.close()
-    return record
+        if backend is not None:
+            with anyio.CancelScope(shield=True):
+                await backend.close()
 
 
-async def _cancel_on_signal(scope: anyio.CancelScope, record: RunRecord) -> None:
-    """Cancel the run on SIGINT or SIGTERM; cleanup then runs as usual."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _watch_signals(run_scope: anyio.CancelScope, record: RunRecord) -> None:
+    """Cancel the run on the first SIGINT, SIGTERM or SIGHUP.
+
+    The receiver stays open until cleanup has finished, so a second signal
+    cannot kill the process while it removes the run's containers.
+    """
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for received in signals:
-            log.warning("received %s, stopping the run", signal.Signals(received).name)
+            name = signal.Signals(received).name
+            if record.interrupted:
+                log.warning("received %s again; still removing the run's containers", name)
+                continue
+            log.warning("received %s, stopping the run", name)
             record.interrupted = True
-            scope.cancel()
-            return
+            run_scope.cancel()
 
 
 def _first_pipeline_error(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -168,7 +196,7 @@ def _report(record: RunRecord, as_json: bool) -> None:
             if result.status is Status.FAILED:
                 stderr.print(failure_details(result), soft_wrap=True)
     if record_path is not None:
-        stderr.print(f"reports: {record.reports_dir}", highlight=False)
+        stderr.print(f"reports: {escape(str(record.reports_dir))}", highlight=False)
     # The GitHub runner reads workflow commands from stdout and stderr alike
     # (actions/runner, ScriptHandler.cs), so with --json they go to stderr.
     annotations = github_annotations(record, os.environ)
@@ -208,7 +236,9 @@ def build(path: Path, config_file: Path | None, as_json: bool, engine: str) -> N
 
 @cli.command()
 @common_options
-@click.option("--image", help="Scan this local image instead of building one.")
+@click.option(
+    "--image", metavar="IMAGE", help="Scan this local image instead of building one."
+)
 def scan(
     path: Path, config_file: Path | None, as_json: bool, engine: str, image: str | None
 ) -> None:

@@ -29,6 +29,9 @@ from pipeline.steps import build as build_step
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_ENV = "PIPELINE_DAGGER_SCHEMA"
 DEFAULT_SCHEMA = REPO_ROOT.parent / "shared" / "dagger" / "schema-v0.21.8.graphqls"
+# Where this project's development machines keep shared test data, for
+# clones made outside /work.
+FALLBACK_SCHEMA = Path("/work/shared/dagger/schema-v0.21.8.graphqls")
 MODULE_SOURCE = REPO_ROOT / "ci" / "src"
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN_ENV = "PIPELINE_UPDATE_GOLDEN"
@@ -62,6 +65,8 @@ def in_ci() -> bool:
 def schema_path() -> Path:
     """The Dagger v0.21.8 API schema. Tests skip without it, unless CI=true."""
     path = Path(os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA)
+    if not os.environ.get(SCHEMA_ENV) and not path.is_file() and FALLBACK_SCHEMA.is_file():
+        path = FALLBACK_SCHEMA
     if not path.is_file():
         reason = (
             f"Dagger API schema not found at {path}: set {SCHEMA_ENV} to a copy "
