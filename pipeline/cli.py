@@ -93,8 +93,11 @@ def _run(
     overrides: dict[str, Any] | None = None,
     image: str | None = None,
 ) -> None:
+    # Settings come first, so that an invalid one is a usage error (exit 2)
+    # even where no engine is available.
+    prepared = prepare(path, config_file, overrides)
     choice = choose_engine(engine)
-    prepared = prepare(path, config_file, overrides, engine=choice.name)
+    prepared.record.engine = choice.name
     if image is not None:
         prepared.context.image = image
     names = [step.name for step in plan(steps) if not (image and step.name == "build")]

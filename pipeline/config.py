@@ -17,13 +17,22 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import tomllib
-from collections.abc import Iterator, Mapping
+import typing
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -42,13 +51,86 @@ USER_CONFIG_ENV = "PIPELINE_USER_CONFIG"
 Severity = Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
 SEVERITIES: tuple[Severity, ...] = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 
+# Image references, following the grammar of github.com/distribution/reference
+# (reference.go): [domain[:port]/]path-component[/path-component...]
+# [:tag][@digest]. Path components are lowercase, but the domain need not be.
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = (
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])"
+    r"(?::[0-9]+)?"
+)
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+REPOSITORY_NAME = re.compile(_REPOSITORY)
+IMAGE_REFERENCE = re.compile(
+    rf"(?P<repository>{_REPOSITORY})(?::{_TAG})?(?:@{_DIGEST})?"
+)
+REPOSITORY_MAX_LENGTH = 255
+# Names that a Dockerfile ARG accepts. docker build splits --build-arg at the
+# first "=", so a name that contains "=" would silently change the value.
+BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_image_reference(value: str) -> str:
+    """Validate an image reference such as ``python:3.11-slim``."""
+    if not value.strip():
+        raise ValueError(
+            "empty image reference; name an image such as 'python:3.11-slim', "
+            "or remove the key to use the default"
+        )
+    match = IMAGE_REFERENCE.fullmatch(value)
+    if match:
+        if len(match["repository"]) > REPOSITORY_MAX_LENGTH:
+            raise ValueError(
+                f"repository name longer than {REPOSITORY_MAX_LENGTH} characters"
+            )
+        return value
+    if IMAGE_REFERENCE.fullmatch(value.lower()):
+        raise ValueError(
+            "not a valid image reference: repository names must be lowercase"
+        )
+    raise ValueError(
+        "not a valid image reference; write [registry[:port]/]name[:tag]"
+        "[@digest] with a lowercase name, such as 'python:3.11-slim'"
+    )
+
+
+def check_repository_name(value: str) -> str:
+    """Validate a repository name without tag, such as ``registry:5000/app``."""
+    if REPOSITORY_NAME.fullmatch(value):
+        if len(value) > REPOSITORY_MAX_LENGTH:
+            raise ValueError(
+                f"repository name longer than {REPOSITORY_MAX_LENGTH} characters"
+            )
+        return value
+    if REPOSITORY_NAME.fullmatch(value.lower()):
+        raise ValueError(
+            f"repository names must be lowercase: write {value.lower()!r}"
+        )
+    if IMAGE_REFERENCE.fullmatch(value):
+        raise ValueError(
+            "a repository name takes no tag or digest, because the build step "
+            "adds the tags: remove the part after ':' or '@'"
+        )
+    raise ValueError(
+        "not a valid repository name; write lowercase letters and digits, "
+        "joined by '.', '_', '__' or '-', in components separated by '/', "
+        "optionally after a registry host[:port]/"
+    )
+
+
+ImageReference = Annotated[str, AfterValidator(check_image_reference)]
+RepositoryName = Annotated[str, AfterValidator(check_repository_name)]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LintSettings(Section):
-    image: str | None = Field(
+    image: ImageReference | None = Field(
         None, description="Image the lint step runs in; defaults to `image`."
     )
     flake8: str = Field(
@@ -56,8 +138,9 @@ class LintSettings(Section):
     )
     config: str | None = Field(
         None,
-        description="flake8 config file relative to the project. Without it "
-        "flake8 reads setup.cfg, tox.ini or .flake8 in the project root.",
+        description="flake8 config file, relative to the project and inside "
+        "it. Without it flake8 reads setup.cfg, tox.ini or .flake8 in the "
+        "project root.",
     )
     paths: list[str] = Field(
         default_factory=lambda: ["."], description="Paths flake8 checks."
@@ -65,7 +148,7 @@ class LintSettings(Section):
 
 
 class PytestSettings(Section):
-    image: str | None = Field(
+    image: ImageReference | None = Field(
         None, description="Image the test step runs in; defaults to `image`."
     )
     pytest: str = Field(
@@ -82,22 +165,50 @@ class PytestSettings(Section):
     allow_no_tests: bool = Field(
         False, description="Pass when pytest collects no tests (exit code 5)."
     )
+    timeout: int = Field(
+        3600,
+        gt=0,
+        description="Time limit for the pytest command, in seconds; the step "
+        "fails when it is exceeded.",
+    )
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _reject_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number of seconds, not true or false")
+        return value
 
 
 class BuildSettings(Section):
     dockerfile: str = Field(
-        "Dockerfile", description="Dockerfile path relative to the project."
+        "Dockerfile",
+        description="Dockerfile path, relative to the project and inside it.",
     )
-    context: str = Field(".", description="Build context relative to the project.")
+    context: str = Field(
+        ".", description="Build context, relative to the project and inside it."
+    )
     target: str | None = Field(None, description="Build stage to stop at.")
     build_args: dict[str, str] = Field(
         default_factory=dict, description="Build arguments (--build-arg)."
     )
-    image_name: str | None = Field(
+    image_name: RepositoryName | None = Field(
         None,
-        description="Repository name of the built image; defaults to the "
-        "project folder's name.",
+        description="Repository name of the built image, lowercase and without "
+        "a tag; defaults to the project folder's name.",
     )
+
+    @field_validator("build_args")
+    @classmethod
+    def _check_build_args(cls, value: dict[str, str]) -> dict[str, str]:
+        invalid = [name for name in value if not BUILD_ARG_NAME.fullmatch(name)]
+        if invalid:
+            names = ", ".join(repr(name) for name in invalid)
+            raise ValueError(
+                f"invalid build argument name {names}; names take letters, "
+                "digits and underscores and do not start with a digit"
+            )
+        return value
 
 
 def _default_severity() -> list[Severity]:
@@ -105,7 +216,7 @@ def _default_severity() -> list[Severity]:
 
 
 class ScanSettings(Section):
-    image: str | None = Field(
+    image: ImageReference | None = Field(
         None, description="Image the scan step runs in; defaults to `image`."
     )
     trivy: str = Field(
@@ -114,14 +225,15 @@ class ScanSettings(Section):
     )
     severity: Annotated[list[Severity], NoDecode] = Field(
         default_factory=_default_severity,
-        description="Severities that fail the scan (list, or comma-separated "
-        "in a variable).",
+        description="Severities that fail the scan; at least one (list, or "
+        "comma-separated or JSON in a variable).",
     )
     ignore_unfixed: bool = Field(
         False, description="Ignore vulnerabilities that have no fixed version."
     )
     ignorefile: str = Field(
-        ".trivyignore", description="Trivy ignore file relative to the project."
+        ".trivyignore",
+        description="Trivy ignore file, relative to the project and inside it.",
     )
     db_repository: str = Field(
         "mirror.gcr.io/aquasec/trivy-db:2",
@@ -145,12 +257,34 @@ class ScanSettings(Section):
 
     @field_validator("severity", mode="before")
     @classmethod
-    def _split_severity(cls, value: Any) -> Any:
+    def _parse_severity(cls, value: Any) -> Any:
+        """Accept a list, a JSON list or comma-separated names, but no empty list."""
         if isinstance(value, str):
-            value = [part for part in value.split(",") if part.strip()]
-        if isinstance(value, list):
-            return [str(item).strip().upper() for item in value]
-        return value
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"invalid JSON list: {exc}") from None
+            else:
+                value = [part for part in text.split(",") if part.strip()]
+        if not isinstance(value, list):
+            return value
+        items = [str(item).strip().upper() for item in value]
+        if not items:
+            raise ValueError(
+                "no severity given, so the scan could never fail; name at least "
+                "one of " + ", ".join(SEVERITIES)
+            )
+        unknown = [item for item in items if item not in SEVERITIES]
+        if unknown:
+            raise ValueError(
+                "unknown severity "
+                + ", ".join(repr(item) for item in unknown)
+                + "; valid: "
+                + ", ".join(SEVERITIES)
+            )
+        return items
 
 
 class Settings(BaseSettings):
@@ -163,16 +297,18 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    image: str = Field(
+    image: ImageReference = Field(
         "python:3.11-slim", description="Default image of the lint, test and scan steps."
     )
     reports_dir: str = Field(
         ".pipeline/reports",
-        description="Folder, relative to the project, that receives the reports.",
+        description="Folder that receives the reports, relative to the project "
+        "and inside it.",
     )
     ca_bundle: str | None = Field(
         None,
-        description="Extra CA bundle (PEM) trusted inside step containers. "
+        description="Extra CA bundle trusted inside step containers: a PEM "
+        "file of certificates only, relative to the project or absolute. "
         "Defaults to the host's pip `cert`, PIP_CERT, SSL_CERT_FILE or "
         "REQUESTS_CA_BUNDLE.",
     )
@@ -240,29 +376,78 @@ def user_config_path() -> Path:
     return Path(base) / "rgbridge-pipeline" / "config.toml"
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, raising ConfigError when it is unreadable or invalid."""
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})",
+            hint="save the file as UTF-8, the only encoding TOML allows",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"invalid TOML in {path}: {exc}", hint="fix the syntax at that line"
         ) from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _pyproject_table(path: Path) -> dict[str, Any] | None:
-    data = _read_toml(path)
-    table = data.get("tool", {}).get("pipeline")
+    data = read_toml(path)
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ConfigError(
+            f"invalid key 'tool' in {path}: {tool!r} is not a table",
+            hint="write tool settings as [tool.<name>] tables",
+        )
+    table = tool.get("pipeline")
     if table is not None and not isinstance(table, dict):
-        raise ConfigError(f"[tool.pipeline] in {path} must be a table")
+        raise ConfigError(
+            f"invalid key 'tool.pipeline' in {path}: {table!r} is not a table",
+            hint="write the settings as a [tool.pipeline] table",
+        )
     return table
+
+
+def _reject_folder(path: Path, label: str, hint: str) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{label} {path} is a folder, not a file", hint=hint)
+
+
+def _user_layer() -> FileLayer | None:
+    """Read the user config. A missing file is an error only when named by
+    PIPELINE_USER_CONFIG, because the default path is optional."""
+    path = user_config_path()
+    named = bool(os.environ.get(USER_CONFIG_ENV))
+    _reject_folder(
+        path,
+        "user config",
+        hint=f"point {USER_CONFIG_ENV} at a TOML file"
+        if named
+        else "replace the folder with a TOML file, or remove it",
+    )
+    if not path.is_file():
+        if named:
+            raise ConfigError(
+                f"user config not found: {path} (environment variable "
+                f"{USER_CONFIG_ENV})",
+                hint=f"create the file, or unset {USER_CONFIG_ENV} to use the "
+                "default user config",
+            )
+        return None
+    return FileLayer(path, "", read_toml(path))
 
 
 def find_project_layer(project_dir: Path, config_file: Path | None) -> FileLayer | None:
     """Read the project's settings: --config, else pipeline.toml, else pyproject."""
     if config_file is not None:
+        _reject_folder(
+            config_file,
+            "config file",
+            hint="pass the settings file itself to --config",
+        )
         if not config_file.is_file():
             raise ConfigError(
                 f"config file not found: {config_file}",
@@ -271,10 +456,12 @@ def find_project_layer(project_dir: Path, config_file: Path | None) -> FileLayer
         if config_file.name == "pyproject.toml":
             table = _pyproject_table(config_file) or {}
             return FileLayer(config_file, "[tool.pipeline]", table)
-        return FileLayer(config_file, "", _read_toml(config_file))
+        return FileLayer(config_file, "", read_toml(config_file))
 
     pipeline_toml = project_dir / "pipeline.toml"
     pyproject = project_dir / "pyproject.toml"
+    for path in (pipeline_toml, pyproject):
+        _reject_folder(path, "settings file", hint="rename or remove the folder")
     pyproject_table = _pyproject_table(pyproject) if pyproject.is_file() else None
     if pipeline_toml.is_file():
         if pyproject_table:
@@ -283,10 +470,26 @@ def find_project_layer(project_dir: Path, config_file: Path | None) -> FileLayer
                 f"{pyproject}",
                 hint="keep them in one of the two files",
             )
-        return FileLayer(pipeline_toml, "", _read_toml(pipeline_toml))
+        return FileLayer(pipeline_toml, "", read_toml(pipeline_toml))
     if pyproject_table is not None:
         return FileLayer(pyproject, "[tool.pipeline]", pyproject_table)
     return None
+
+
+# Settings that make the host run a program. A project's own files must not
+# set them, or running the pipeline on an untrusted checkout would run any
+# program the checkout names.
+HOST_ONLY_KEYS = ("docker_cli",)
+
+
+def _reject_host_only_keys(layer: FileLayer) -> None:
+    for key in HOST_ONLY_KEYS:
+        if key in layer.values:
+            raise ConfigError(
+                f"'{key}' cannot be set in the project's settings ({layer.path})",
+                hint=f"set it in the user config ({user_config_path()}) or in "
+                f"{env_var_name((key,))}",
+            )
 
 
 def load_settings(
@@ -294,13 +497,18 @@ def load_settings(
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> LoadedSettings:
-    """Load and validate the settings of a project, raising ConfigError."""
+    """Load and validate the settings of a project, raising ConfigError.
+
+    Besides the types, this checks that the path settings stay inside the
+    project (check_paths) and that ``ca_bundle`` is a certificate bundle.
+    """
     layers: list[FileLayer] = []
-    user_file = user_config_path()
-    if user_file.is_file():
-        layers.append(FileLayer(user_file, "", _read_toml(user_file)))
+    user_layer = _user_layer()
+    if user_layer is not None:
+        layers.append(user_layer)
     project_layer = find_project_layer(project_dir, config_file)
     if project_layer is not None:
+        _reject_host_only_keys(project_layer)
         layers.append(project_layer)
 
     _FILE_LAYERS.set(layers)
@@ -309,13 +517,14 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, layers)) from None
     except SettingsError as exc:
-        raise ConfigError(
-            f"invalid {ENV_PREFIX}* environment variable: {exc}",
-            hint="lists take JSON (['a', 'b']) or, for scan severity, "
-            "comma-separated values",
-        ) from None
+        raise describe_env_error(exc) from None
     finally:
         _FILE_LAYERS.set([])
+    check_paths(settings, project_dir, layers)
+    if settings.ca_bundle is not None:
+        _configured_ca_bundle(
+            settings.ca_bundle, project_dir, _origin(("ca_bundle",), layers)
+        )
     return LoadedSettings(settings, tuple(layers))
 
 
@@ -324,12 +533,21 @@ def env_var_name(loc: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(keys).upper()
 
 
-def _origin(loc: tuple[str | int, ...], layers: list[FileLayer]) -> str:
+def _environment_variable(name: str) -> str | None:
+    """Find a variable by name as pydantic-settings does, ignoring case."""
+    for variable in os.environ:
+        if variable.upper() == name:
+            return variable
+    return None
+
+
+def _origin(loc: tuple[str | int, ...], layers: Sequence[FileLayer]) -> str:
     """Name where the value at loc came from: a variable or the top file."""
     variable = env_var_name(loc[:2])
     for name in (env_var_name(loc), variable, env_var_name(loc[:1])):
-        if name in os.environ:
-            return f"environment variable {name}"
+        found = _environment_variable(name)
+        if found is not None:
+            return f"environment variable {found}"
     for layer in reversed(layers):
         node: Any = layer.values
         for part in loc:
@@ -362,7 +580,7 @@ def describe_validation_error(exc: ValidationError, layers: list[FileLayer]) -> 
     lines = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        key = ".".join(str(part) for part in loc)
+        key = ".".join(str(part) for part in loc if isinstance(part, str))
         origin = _origin(loc, layers)
         if error["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc))
@@ -371,10 +589,160 @@ def describe_validation_error(exc: ValidationError, layers: list[FileLayer]) -> 
             )
             continue
         value = error.get("input")
+        message = error["msg"]
+        if error["type"] == "value_error":
+            message = str(error["ctx"]["error"])
+        # When loc ends with a list index, the key names the list and the
+        # message names the item by its index.
+        index = loc[-1]
+        value_text = repr(value)
+        if isinstance(index, int):
+            value_text = f"item {index} is {value_text}"
         lines.append(
-            f"invalid value for '{key}' in {origin}: {value!r} ({error['msg']})"
+            f"invalid value for '{key}' in {origin}: {value_text} ({message})"
         )
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _field_kind(keys: Sequence[str]) -> str | None:
+    """Return "table", "list" or "dict" for a setting that a variable must
+    give as JSON, or None for one it gives as plain text."""
+    model: type[BaseModel] = Settings
+    kind: str | None = "table"
+    for key in keys:
+        if kind != "table":
+            return None
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        annotation = field.annotation
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model, kind = annotation, "table"
+        elif NoDecode in field.metadata:
+            kind = None
+        elif origin is list:
+            kind = "list"
+        elif origin is dict:
+            kind = "dict"
+        else:
+            kind = None
+    return kind
+
+
+JSON_EXAMPLES = {
+    "table": '\'{"key": "value"}\'',
+    "list": '\'["a", "b"]\'',
+    "dict": '\'{"NAME": "value"}\'',
+}
+
+
+def describe_env_error(exc: SettingsError) -> ConfigError:
+    """Name the PIPELINE_* variables whose JSON pydantic-settings could not parse.
+
+    pydantic-settings names only the top-level field ("lint"), so this looks
+    for the variables under it that need JSON and do not hold it.
+    """
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match[1] if match else ""
+    prefix = env_var_name((field,))
+    candidates = [
+        (name, value)
+        for name, value in sorted(os.environ.items())
+        if name.upper() == prefix
+        or name.upper().startswith(prefix + ENV_NESTED_DELIMITER)
+    ]
+    invalid = []
+    for name, value in candidates:
+        keys = name.upper()[len(ENV_PREFIX):].lower().split(ENV_NESTED_DELIMITER)
+        kind = _field_kind(keys)
+        if kind is None:
+            continue
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as error:
+            invalid.append((name, value, kind, error.msg))
+    if not invalid:
+        names = ", ".join(name for name, _ in candidates) or f"{prefix}*"
+        return ConfigError(
+            f"invalid environment variable {names}: {exc}",
+            hint="lists and tables take JSON, such as "
+            f"{ENV_PREFIX}LINT__PATHS='[\"src\", \"tests\"]'",
+        )
+    lines = [
+        f"{name}={value!r} is not valid JSON ({reason}); it takes a JSON "
+        f"{'list' if kind == 'list' else 'object'}, for example "
+        f"{name}={JSON_EXAMPLES[kind]}"
+        for name, value, kind, reason in invalid
+    ]
+    return ConfigError(
+        "invalid environment variable:\n  " + "\n  ".join(lines),
+        hint="lists and tables take JSON, with double quotes around strings; "
+        f"{ENV_PREFIX}SCAN__SEVERITY also takes comma-separated names",
+    )
+
+
+# Settings that name a file or folder of the project. They must stay inside
+# it, so that a project's settings cannot make the pipeline read host files.
+PROJECT_PATHS: tuple[tuple[str, ...], ...] = (
+    ("build", "dockerfile"),
+    ("build", "context"),
+    ("scan", "ignorefile"),
+    ("lint", "config"),
+    ("reports_dir",),
+)
+
+
+def _setting(settings: Settings, loc: tuple[str, ...]) -> Any:
+    node: Any = settings
+    for key in loc:
+        node = getattr(node, key)
+    return node
+
+
+def _path_problem(value: str, project_dir: Path, loc: tuple[str, ...]) -> str | None:
+    """Return why a project path setting is invalid, or None when it is valid."""
+    if not value.strip() and loc != ("build", "context"):
+        return "empty path"
+    if Path(value).is_absolute():
+        return "absolute path; give a path relative to the project folder"
+    try:
+        resolved = (project_dir / value).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"cannot be resolved: {exc}"
+    if not resolved.is_relative_to(project_dir):
+        return (
+            f"resolves to {resolved}, outside the project folder {project_dir}; "
+            "give a path inside it"
+        )
+    if loc == ("reports_dir",):
+        if resolved == project_dir:
+            return "the project folder itself; give a subfolder for the reports"
+        if resolved.exists() and not resolved.is_dir():
+            return "exists and is not a folder; name a new or existing folder"
+    return None
+
+
+def check_paths(
+    settings: Settings, project_dir: Path, layers: Sequence[FileLayer] = ()
+) -> None:
+    """Raise ConfigError unless every PROJECT_PATHS setting is a relative path
+    that resolves, symlinks included, inside project_dir."""
+    root = project_dir.resolve()
+    lines = []
+    for loc in PROJECT_PATHS:
+        value = _setting(settings, loc)
+        if value is None:
+            continue
+        problem = _path_problem(value, root, loc)
+        if problem is not None:
+            key = ".".join(loc)
+            lines.append(
+                f"invalid value for '{key}' in {_origin(loc, layers)}: "
+                f"{value!r} ({problem})"
+            )
+    if lines:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
 
 
 PIP_CONFIG_FILES = (
@@ -411,16 +779,66 @@ def host_ca_bundle() -> Path | None:
     return None
 
 
-def resolve_ca_bundle(settings: Settings, project_dir: Path) -> Path | None:
-    if settings.ca_bundle is None:
-        return host_ca_bundle()
-    path = (project_dir / settings.ca_bundle).expanduser()
+# Bundles of all Mozilla root certificates are about 220 KB (Debian 12's
+# ca-certificates.crt) to 230 KB (certifi), so a far bigger file is no CA bundle.
+CA_BUNDLE_MAX_BYTES = 16 * 1024 * 1024
+PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+CERTIFICATE_LABELS = {b"CERTIFICATE", b"TRUSTED CERTIFICATE"}
+
+
+def _ca_bundle_problem(path: Path) -> str | None:
+    """Return why a file is not a PEM certificate bundle, or None.
+
+    The file is copied into every step container, so anything but
+    certificates is rejected: a private key, or a host file such as
+    /etc/shadow that a project's settings name.
+    """
     if not path.is_file():
+        return "file not found"
+    try:
+        if path.stat().st_size > CA_BUNDLE_MAX_BYTES:
+            return f"larger than {CA_BUNDLE_MAX_BYTES} bytes, so not a CA bundle"
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    labels = set(PEM_BEGIN.findall(data))
+    if any(b"PRIVATE KEY" in label for label in labels):
+        return "contains a private key; a CA bundle holds certificates only"
+    if not labels & CERTIFICATE_LABELS:
+        return "contains no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    others = sorted(label.decode() for label in labels - CERTIFICATE_LABELS)
+    if others:
+        return "contains PEM blocks other than certificates: " + ", ".join(others)
+    return None
+
+
+def _configured_ca_bundle(value: str, project_dir: Path, origin: str) -> Path:
+    """Resolve the ca_bundle setting: ``~`` expands, relative paths start at
+    the project. Raises ConfigError unless it is a certificate bundle."""
+    path = project_dir / Path(value).expanduser()
+    problem = _ca_bundle_problem(path)
+    if problem is not None:
         raise ConfigError(
-            f"CA bundle not found: {path} (setting 'ca_bundle')",
-            hint="point ca_bundle or PIPELINE_CA_BUNDLE at a PEM file",
+            f"invalid value for 'ca_bundle' in {origin}: {value!r} ({path}: "
+            f"{problem})",
+            hint="point ca_bundle at a PEM file that contains only CA "
+            "certificates",
         )
     return path
+
+
+def resolve_ca_bundle(settings: Settings, project_dir: Path) -> Path | None:
+    """Return the CA bundle for step containers: the setting, else the host's.
+
+    Raises ConfigError when the setting names anything but a certificate
+    bundle.
+    """
+    if settings.ca_bundle is None:
+        return host_ca_bundle()
+    origin = _origin(("ca_bundle",), [])
+    if origin == "command-line options":
+        origin = "the settings"
+    return _configured_ca_bundle(settings.ca_bundle, project_dir, origin)
 
 
 def iter_fields(

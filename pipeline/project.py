@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import stat
 import subprocess
-import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import pathspec
 
-from .errors import UsageError
+from .config import read_toml
+from .errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
 
 # A requirements line that installs from the project tree, whose content
 # changes with the source: "-e .", "./libs/x", "/abs/path", "file:...".
@@ -40,6 +45,18 @@ ALWAYS_EXCLUDED = (
     "node_modules/",
     "*.egg-info/",
 )
+DEFAULT_STATE_DIR = ".pipeline"
+
+# A path component of a Docker repository name, as github.com/distribution/
+# reference defines it: lowercase letters and digits, joined by one
+# separator (".", "_", "__" or any number of "-").
+_NAME_SEPARATOR = re.compile(r"[._]|__|-+")
+_NAME_MAX_LENGTH = 128
+HASH_CHUNK = 1 << 20
+
+# Invalid ignore lines already reported, so that each is logged once per
+# process although every step reads the ignore file again.
+_reported_patterns: set[tuple[Path, int, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -54,19 +71,30 @@ class GitInfo:
         return self.commit[:12]
 
 
-def _git(path: Path, *args: str) -> str | None:
+def _run_git(path: Path, *args: str) -> bytes | None:
+    """Run git in path and return its stdout, or None when git fails.
+
+    ``--no-optional-locks`` keeps read-only commands such as ``git status``
+    from rewriting .git/index, which another git process may be using.
+    """
     try:
         completed = subprocess.run(
-            ["git", "-C", str(path), *args],
+            ["git", "--no-optional-locks", "-C", str(path), *args],
             capture_output=True,
-            text=True,
             check=False,
         )
     except FileNotFoundError:
         return None
     if completed.returncode != 0:
         return None
-    return completed.stdout.strip()
+    return completed.stdout
+
+
+def _git(path: Path, *args: str) -> str | None:
+    output = _run_git(path, *args)
+    if output is None:
+        return None
+    return output.decode(errors="replace").strip()
 
 
 def _public_url(url: str | None) -> str | None:
@@ -76,15 +104,88 @@ def _public_url(url: str | None) -> str | None:
     return re.sub(r"(?<=://)[^/@]+@", "", url)
 
 
-class Project:
-    """A folder that the pipeline can run on."""
+def repository_name(folder_name: str) -> str:
+    """Turn a folder name into a valid Docker repository name component.
 
-    def __init__(self, path: Path) -> None:
+    Invalid characters become "-", separators that the grammar does not allow
+    (such as "..", "_-" or ".-") become "-", and separators at either end are
+    dropped. A name with no letters or digits left becomes "project".
+    """
+    parts = re.split(r"([^a-z0-9]+)", folder_name.lower())
+    words = parts[::2]
+    separators = [
+        separator if _NAME_SEPARATOR.fullmatch(separator) else "-"
+        for separator in parts[1::2]
+    ]
+    name = words[0]
+    for separator, word in zip(separators, words[1:]):
+        name += separator + word
+    name = name[:_NAME_MAX_LENGTH]
+    return re.sub(r"^[^a-z0-9]+|[^a-z0-9]+$", "", name) or "project"
+
+
+def _compile_error(pattern: str) -> str | None:
+    """Return why pathspec cannot compile a gitignore pattern, or None."""
+    try:
+        pathspec.GitIgnoreSpec.from_lines([pattern])
+    except (re.error, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _escape_pattern(path: str) -> str:
+    """Escape the gitignore wildcards in a literal path."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", path)
+
+
+def _spec(patterns: Iterable[str]) -> pathspec.GitIgnoreSpec:
+    """Compile patterns, skipping any that pathspec cannot compile."""
+    valid = []
+    for pattern in patterns:
+        error = _compile_error(pattern)
+        if error is None:
+            valid.append(pattern)
+        else:
+            log.warning("skipping invalid exclude pattern %r: %s", pattern, error)
+    return pathspec.GitIgnoreSpec.from_lines(valid)
+
+
+def _is_copied_type(path: Path) -> bool:
+    """True for regular files and symlinks, which are copied as links.
+
+    FIFOs, sockets and device files are skipped: reading a FIFO blocks, and
+    neither sockets nor devices mean anything inside a container.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+
+
+class Project:
+    """A folder that the pipeline can run on.
+
+    ``reports_dir`` is the folder the run writes its reports to. It is left
+    out of the files that steps see and of git's dirty check, so that a run's
+    own output never changes the revision it reports.
+    """
+
+    def __init__(self, path: Path, reports_dir: Path | None = None) -> None:
         self.path = path.resolve()
+        self.reports_dir = (
+            None
+            if reports_dir is None
+            else Path(os.path.normpath(self.path / reports_dir))
+        )
 
     @classmethod
-    def open(cls, path: Path) -> Project:
-        """Open a project folder, or raise UsageError naming what is missing."""
+    def open(cls, path: Path, reports_dir: Path | None = None) -> Project:
+        """Open a project folder, or raise UsageError naming what is missing.
+
+        An unreadable or invalid pyproject.toml raises ConfigError here, before
+        anything runs.
+        """
         if not path.exists():
             raise UsageError(f"project path not found: {path}")
         if not path.is_dir():
@@ -92,7 +193,7 @@ class Project:
                 f"not a project folder: {path} is a file",
                 hint="pass the folder that holds the Dockerfile or pyproject.toml",
             )
-        project = cls(path)
+        project = cls(path, reports_dir)
         if not (
             (project.path / "Dockerfile").is_file()
             or (project.path / "pyproject.toml").is_file()
@@ -103,44 +204,67 @@ class Project:
                 "pyproject.toml or requirements*.txt",
                 hint="run the pipeline on the folder that holds one of them",
             )
+        # Reading the dependencies validates pyproject.toml before anything runs.
+        _ = project.declared_dependencies
         return project
 
     @property
     def name(self) -> str:
-        name = re.sub(r"[^a-z0-9._-]+", "-", self.path.name.lower()).strip("-._")
-        return name or "project"
+        """The project folder's name as a valid Docker repository name."""
+        return repository_name(self.path.name)
 
     @cached_property
     def requirement_files(self) -> tuple[str, ...]:
         return tuple(sorted(p.name for p in self.path.glob("requirements*.txt")))
 
     @cached_property
+    def _pyproject(self) -> dict[str, Any] | None:
+        pyproject = self.path / "pyproject.toml"
+        if not pyproject.is_file():
+            return None
+        return read_toml(pyproject)
+
+    def _project_table(self) -> dict[str, Any] | None:
+        """Return the ``[project]`` table of pyproject.toml, or None without one.
+
+        Raises ConfigError when ``project`` is not a table.
+        """
+        data = self._pyproject
+        if data is None or "project" not in data:
+            return None
+        table = data["project"]
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"invalid key 'project' in {self.path / 'pyproject.toml'}: "
+                f"{table!r} is not a table",
+                hint="write the project metadata as a [project] table",
+            )
+        return table
+
+    @cached_property
     def is_installable(self) -> bool:
         """True when pip can install the project itself (pip install .)."""
         if (self.path / "setup.py").is_file():
             return True
-        pyproject = self.path / "pyproject.toml"
-        if not pyproject.is_file():
-            return False
-        with pyproject.open("rb") as handle:
-            try:
-                return "project" in tomllib.load(handle)
-            except tomllib.TOMLDecodeError:
-                return False
+        return self._project_table() is not None
 
     @cached_property
     def declared_dependencies(self) -> tuple[str, ...]:
         """The ``[project] dependencies`` of pyproject.toml, if any."""
-        pyproject = self.path / "pyproject.toml"
-        if not pyproject.is_file():
+        table = self._project_table()
+        if table is None:
             return ()
-        with pyproject.open("rb") as handle:
-            try:
-                table = tomllib.load(handle).get("project", {})
-            except tomllib.TOMLDecodeError:
-                return ()
         dependencies = table.get("dependencies", [])
-        return tuple(str(item) for item in dependencies)
+        if not isinstance(dependencies, list) or not all(
+            isinstance(item, str) for item in dependencies
+        ):
+            raise ConfigError(
+                "invalid key 'project.dependencies' in "
+                f"{self.path / 'pyproject.toml'}: {dependencies!r} is not a "
+                "list of strings",
+                hint='write a list of requirements: dependencies = ["requests>=2"]',
+            )
+        return tuple(dependencies)
 
     def requirements_fingerprint(self) -> str | None:
         """Fingerprint the requirements files and the files they include.
@@ -171,6 +295,17 @@ class Project:
             digest.update(f"{name}\0{text}\0".encode())
         return digest.hexdigest()
 
+    def _state_dirs(self) -> list[str]:
+        """Folders the pipeline writes to, relative to the project."""
+        folders = [DEFAULT_STATE_DIR]
+        if self.reports_dir is not None and self.reports_dir.is_relative_to(
+            self.path
+        ):
+            relative = self.reports_dir.relative_to(self.path).as_posix()
+            if relative != ".":
+                folders.append(relative)
+        return folders
+
     @cached_property
     def git(self) -> GitInfo | None:
         commit = _git(self.path, "rev-parse", "HEAD")
@@ -178,53 +313,150 @@ class Project:
             return None
         tag = _git(self.path, "describe", "--tags", "--exact-match", "HEAD")
         remote = _git(self.path, "remote", "get-url", "origin")
-        status = _git(self.path, "status", "--porcelain", "--", ".")
+        excluded = [f":(exclude,literal){folder}" for folder in self._state_dirs()]
+        status = _git(self.path, "status", "--porcelain", "--", ".", *excluded)
         return GitInfo(commit, tag or None, _public_url(remote), bool(status))
 
-    def ignore_patterns(self) -> tuple[str, ...]:
-        """Patterns excluded from step containers: fixed ones plus .gitignore.
+    @cached_property
+    def _gitignore_lines(self) -> tuple[str, ...]:
+        """The valid patterns of the project's .gitignore.
 
+        Lines that pathspec cannot compile (git ignores them) are skipped
+        with a warning.
+        """
+        ignore_file = self.path / ".gitignore"
+        if not ignore_file.is_file():
+            return ()
+        patterns = []
+        text = ignore_file.read_text(errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            error = _compile_error(line)
+            if error is None:
+                patterns.append(line)
+                continue
+            key = (ignore_file, number, line)
+            if key not in _reported_patterns:
+                _reported_patterns.add(key)
+                log.warning(
+                    "%s:%d: skipping invalid ignore pattern %r: %s",
+                    ignore_file,
+                    number,
+                    line,
+                    error,
+                )
+        return tuple(patterns)
+
+    def _fixed_exclusions(self) -> tuple[str, ...]:
+        """ALWAYS_EXCLUDED plus the reports folder, anchored at the root."""
+        return ALWAYS_EXCLUDED + tuple(
+            "/" + _escape_pattern(folder) + "/" for folder in self._state_dirs()[1:]
+        )
+
+    def ignore_patterns(self) -> tuple[str, ...]:
+        """Patterns excluded from step containers: .gitignore plus fixed ones.
+
+        The fixed patterns come last, so that no negation in .gitignore can
+        re-include them in a matcher where the last matching pattern wins.
         .dockerignore governs only the image's build context, where BuildKit
         applies it. Step containers do not follow it, because it commonly
         excludes the tests that the test step runs.
         """
-        patterns = list(ALWAYS_EXCLUDED)
-        ignore_file = self.path / ".gitignore"
-        if ignore_file.is_file():
-            for line in ignore_file.read_text(errors="replace").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    patterns.append(line)
-        return tuple(patterns)
+        return self._gitignore_lines + self._fixed_exclusions()
 
     def iter_files(self, exclude: tuple[str, ...]) -> Iterator[Path]:
         """Yield the project's files, relative to it, minus excluded ones.
 
-        Excluded folders are pruned, so a large virtualenv costs nothing.
+        Inside a git work tree, git lists the files: tracked ones plus
+        untracked ones that no ignore file excludes, so every .gitignore
+        applies with git's own semantics. Of ``exclude``, only the patterns
+        that are not lines of the project's .gitignore then apply. Outside
+        git, all of ``exclude`` applies as gitignore patterns.
+
+        ALWAYS_EXCLUDED and the reports folder are excluded in both cases,
+        and nothing can re-include them. Only regular files and symlinks are
+        yielded. A symlink is yielded as itself, also when it points to a
+        folder, and is never followed.
         """
-        spec = pathspec.GitIgnoreSpec.from_lines(exclude)
+        fixed = self._fixed_exclusions()
+        fixed_spec = _spec(fixed)
+        listed = self._git_files()
+        if listed is None:
+            patterns = [pattern for pattern in exclude if pattern not in fixed]
+            candidates = self._walk(fixed_spec, patterns)
+        else:
+            own = set(self._gitignore_lines) | set(fixed)
+            patterns = [pattern for pattern in exclude if pattern not in own]
+            candidates = iter(listed)
+        spec = _spec(patterns)
+        for relative in candidates:
+            if self._is_fixed_exclusion(fixed_spec, relative):
+                continue
+            if spec.match_file(relative.as_posix()):
+                continue
+            if _is_copied_type(self.path / relative):
+                yield relative
+
+    def _is_fixed_exclusion(self, spec: pathspec.GitIgnoreSpec, relative: Path) -> bool:
+        if spec.match_file(relative.as_posix()):
+            return True
+        # A symlink named like an excluded folder (.venv -> /opt/venv) is
+        # excluded as that folder would be.
+        return (self.path / relative).is_dir() and spec.match_file(
+            relative.as_posix() + "/"
+        )
+
+    def _git_files(self) -> list[Path] | None:
+        """List the files git would commit, or None outside a git work tree.
+
+        A project folder that its enclosing repository ignores is treated as
+        outside git, because git lists no file in it.
+        """
+        if _git(self.path, "rev-parse", "--is-inside-work-tree") != "true":
+            return None
+        if _run_git(self.path, "check-ignore", "--quiet", "--", ".") is not None:
+            return None
+        return _list_git_files(self.path, Path(), _spec(self._fixed_exclusions()))
+
+    def _walk(
+        self, fixed: pathspec.GitIgnoreSpec, patterns: list[str]
+    ) -> Iterator[Path]:
+        """Yield every file and symlink under the project, sorted per folder.
+
+        Folders excluded by the fixed patterns are pruned. Folders excluded
+        by the other patterns are pruned too, unless a pattern is a negation,
+        which could re-include a file below an excluded folder.
+        """
+        prune = fixed
+        if not any(pattern.startswith("!") for pattern in patterns):
+            prune = _spec([*patterns, *self._fixed_exclusions()])
         for root, dirs, files in os.walk(self.path):
             relative_root = Path(root).relative_to(self.path)
-            dirs[:] = sorted(
-                name
-                for name in dirs
-                if not spec.match_file((relative_root / name).as_posix() + "/")
-            )
-            for name in sorted(files):
+            kept = []
+            for name in sorted(dirs):
                 relative = relative_root / name
-                if not spec.match_file(relative.as_posix()):
-                    yield relative
+                if (self.path / relative).is_symlink():
+                    files.append(name)
+                elif not prune.match_file(relative.as_posix() + "/"):
+                    kept.append(name)
+            dirs[:] = kept
+            for name in sorted(files):
+                yield relative_root / name
 
     def content_hash(self) -> str:
         """Hash the source tree as steps see it, for tags outside git."""
         digest = hashlib.sha256()
         for relative in self.iter_files(self.ignore_patterns()):
-            digest.update(relative.as_posix().encode() + b"\0")
+            digest.update(os.fsencode(relative.as_posix()) + b"\0")
             file = self.path / relative
             if file.is_symlink():
-                digest.update(str(file.readlink()).encode())
+                digest.update(os.fsencode(os.readlink(file)))
             else:
-                digest.update(file.read_bytes())
+                with file.open("rb") as handle:
+                    while chunk := handle.read(HASH_CHUNK):
+                        digest.update(chunk)
             digest.update(b"\0")
         return digest.hexdigest()
 
@@ -234,3 +466,45 @@ class Project:
         if self.git is not None:
             return self.git.commit
         return "src-" + self.content_hash()[:16]
+
+
+def _list_git_files(
+    work_tree: Path, prefix: Path, fixed: pathspec.GitIgnoreSpec
+) -> list[Path]:
+    """List the files git would commit in work_tree, relative to the project.
+
+    Folders in the listing are nested repositories (untracked ones end in
+    "/") or submodules. Their files are listed by their own git, which
+    applies their own ignore files, unless the fixed exclusions cover them.
+    """
+    # The fixed exclusions also go to git, so that it does not list the
+    # files of an untracked virtualenv one by one. Patterns given with
+    # --exclude take precedence over the ignore files.
+    excludes = [f"--exclude={pattern}" for pattern in ALWAYS_EXCLUDED]
+    output = _run_git(
+        work_tree,
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+        *excludes,
+        "--",
+        ".",
+    )
+    if output is None:
+        return []
+    files: list[Path] = []
+    seen: set[str] = set()
+    for raw in output.split(b"\0"):
+        name = os.fsdecode(raw).rstrip("/")
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        path = work_tree / name
+        if path.is_dir() and not path.is_symlink():
+            if not fixed.match_file((prefix / name).as_posix() + "/"):
+                files.extend(_list_git_files(path, prefix / name, fixed))
+        elif path.is_symlink() or path.exists():
+            files.append(prefix / name)
+    return sorted(files)

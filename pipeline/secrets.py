@@ -38,6 +38,11 @@ class Redactor:
         if len(value) >= 4:
             self._values.add(value)
 
+    @property
+    def max_length(self) -> int:
+        """The length of the longest value, 0 when there is none."""
+        return max((len(value) for value in self._values), default=0)
+
     def __call__(self, text: str) -> str:
         for value in sorted(self._values, key=len, reverse=True):
             text = text.replace(value, "***")

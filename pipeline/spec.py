@@ -75,8 +75,9 @@ class StepSpec:
     The backend runs ``setup`` commands in order, each of which must succeed,
     then every one of ``commands``, whatever their exit codes; their codes
     and output go back to the step module for judging. ``outputs`` are paths
-    in the container, copied to the reports folder whether the commands
-    passed or not.
+    of regular files in the container, copied to the reports folder whether
+    the commands passed or not. Anything else at such a path, such as a
+    symbolic link, is not copied.
     """
 
     name: str
@@ -107,14 +108,30 @@ class BuildSpec:
     build_args: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     secrets: tuple[SecretMount, ...] = ()
+    # The host file that receives the full build output, when the backend
+    # streams it; the build step writes the log itself otherwise.
+    log_file: Path | None = None
+
+
+# The end of each output stream that a backend keeps in memory, in characters.
+# The step's log file contains the whole output.
+OUTPUT_TAIL_CHARS = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class CommandResult:
+    """One command's exit code and the end of its output.
+
+    ``stdout`` and ``stderr`` contain at most OUTPUT_TAIL_CHARS characters
+    each, the end of the stream. ``truncated`` is true when either lost its
+    beginning. The step's log file (``ExecResult.log``) contains all of it.
+    """
+
     command: tuple[str, ...]
     exit_code: int
     stdout: str
     stderr: str
+    truncated: bool = False
 
     @property
     def output(self) -> str:
@@ -127,17 +144,30 @@ class ExecResult:
     and the host paths of the outputs it copied out.
 
     When a setup command fails, ``setup_failed`` is its result and no
-    command ran.
+    command ran. ``log`` is the file in the reports folder that the backend
+    streamed every command's full output to, or None when it wrote none.
     """
 
     results: tuple[CommandResult, ...]
     outputs: dict[str, Path]
     setup_failed: CommandResult | None = None
+    log: Path | None = None
 
 
 @dataclass(frozen=True)
 class BuildOutput:
+    """The outcome of a build.
+
+    ``log`` is the end of the build output, at most OUTPUT_TAIL_CHARS
+    characters. ``log_file`` is the file that contains all of it, or None when
+    the backend wrote none. ``builder_started`` is false when the build
+    client failed before the builder started, as on an invalid tag, so that
+    the failure is the client's and not the Dockerfile's.
+    """
+
     exit_code: int
     log: str
     image_id: str | None
     tags: tuple[str, ...]
+    log_file: Path | None = None
+    builder_started: bool = True

@@ -3,6 +3,7 @@ the real Docker Engine with the local registry that scripts/setup starts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -126,6 +127,33 @@ def run_cli(cli_env: dict[str, str]) -> RunCli:
 
 
 ProjectFactory = Callable[..., Path]
+
+
+@pytest.fixture(autouse=True)
+def remove_project_caches(tmp_path: Path) -> Iterator[None]:
+    """Remove the per-project cache volumes of the test's sample projects.
+
+    The pipeline keys them by project path, and every test's projects live
+    under its own tmp_path, so without this each test would leave volumes.
+    """
+    yield
+    try:
+        client = docker.from_env()
+        volumes = client.volumes.list(filters={"label": "io.rgbridge.pipeline.cache"})
+    except docker.errors.DockerException:
+        return
+    wanted = set()
+    for folder in [tmp_path, *tmp_path.rglob("*")]:
+        if folder.is_dir():
+            digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+            wanted.add(f"rgbridge-pipeline-cache-project-{digest}")
+    for volume in volumes:
+        if volume.name in wanted:
+            try:
+                volume.remove(force=True)
+            except docker.errors.APIError:
+                pass  # still in use by a container that is being removed
+    client.close()
 
 
 @pytest.fixture

@@ -7,14 +7,27 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
 from conftest import PIPELINE, RUN_LABEL, RunCli, run_resources
+from pipeline.project import Project
+from pipeline.steps._context import project_cache
+from test_test_step import remove_project_caches
 
 pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(autouse=True)
+def project_caches_removed(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> Iterator[None]:
+    """Remove the cache volumes of the example's copies."""
+    yield
+    remove_project_caches(docker_client, tmp_path)
 
 SLOW_TEST = "import time\n\n\ndef test_slow():\n    time.sleep(120)\n"
 
@@ -77,5 +90,6 @@ def test_cache_volumes_kept(engine: docker.DockerClient, example_copy: Path, run
     assert result.returncode == 0, result.output
     caches = engine.volumes.list(filters={"label": "io.rgbridge.pipeline.cache"})
     keys = {volume.attrs["Labels"]["io.rgbridge.pipeline.cache"] for volume in caches}
-    assert {"pip", "tools"} <= keys
+    assert project_cache(Project(example_copy)).key in keys
     assert run_resources(engine, result.run_id) == []
+

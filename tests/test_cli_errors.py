@@ -125,3 +125,126 @@ def test_version(run_cli: RunCli) -> None:
 
     assert result.returncode == 0
     assert "pipeline, version" in result.stdout
+
+
+def test_env_json_error_named(project_factory: ProjectFactory, run_cli: RunCli) -> None:
+    root = project_factory(MINIMAL)
+
+    result = run_cli("lint", str(root), env={"PIPELINE_LINT__PATHS": "not json"})
+
+    message = " ".join(result.stderr.split())  # undo the console's line wrapping
+    assert result.returncode == 2
+    assert "PIPELINE_LINT__PATHS='not json'" in message
+    assert """PIPELINE_LINT__PATHS='["a", "b"]'""" in message
+    assert "EnvSettingsSource" not in message
+
+
+@pytest.mark.parametrize("value", ["", ",", "[]"], ids=["empty", "comma", "json"])
+def test_empty_severity_rejected(
+    project_factory: ProjectFactory, run_cli: RunCli, value: str
+) -> None:
+    root = project_factory(MINIMAL)
+
+    result = run_cli("lint", str(root), env={"PIPELINE_SCAN__SEVERITY": value})
+
+    assert result.returncode == 2
+    assert "'scan.severity'" in result.stderr
+    assert "PIPELINE_SCAN__SEVERITY" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["[build]\ndockerfile", "[scan]\nignorefile", "ca_bundle"],
+    ids=["dockerfile", "ignorefile", "ca-bundle"],
+)
+def test_host_file_not_read(
+    project_factory: ProjectFactory, run_cli: RunCli, tmp_path: Path, setting: str
+) -> None:
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text("TOP-SECRET-LINE\n")
+    config = f"{setting} = '{host_file}'\n"
+    root = project_factory({**MINIMAL, "pipeline.toml": config})
+
+    result = run_cli("build", str(root))
+
+    assert result.returncode == 2
+    assert "invalid value for" in result.stderr
+    assert "TOP-SECRET-LINE" not in result.output
+    assert "Traceback" not in result.stderr
+
+
+def test_uppercase_image_name(project_factory: ProjectFactory, run_cli: RunCli) -> None:
+    root = project_factory({**MINIMAL, "pipeline.toml": "[build]\nimage_name = 'MyApp'\n"})
+
+    result = run_cli("build", str(root))
+
+    assert result.returncode == 2
+    assert "'build.image_name'" in result.stderr
+    assert "lowercase" in result.stderr
+
+
+def test_named_user_config_missing(
+    project_factory: ProjectFactory, run_cli: RunCli, tmp_path: Path
+) -> None:
+    root = project_factory(MINIMAL)
+
+    result = run_cli(
+        "lint", str(root), env={"PIPELINE_USER_CONFIG": str(tmp_path / "absent.toml")}
+    )
+
+    assert result.returncode == 2
+    assert "user config not found" in result.stderr
+
+
+def test_config_option_folder(
+    project_factory: ProjectFactory, run_cli: RunCli, tmp_path: Path
+) -> None:
+    root = project_factory(MINIMAL)
+
+    result = run_cli("lint", "--config", str(tmp_path), str(root))
+
+    assert result.returncode == 2
+    assert "is a folder" in result.stderr
+
+
+def test_pipeline_toml_folder(project_factory: ProjectFactory, run_cli: RunCli) -> None:
+    root = project_factory({**MINIMAL, "pipeline.toml/notes.txt": ""})
+
+    result = run_cli("lint", str(root))
+
+    assert result.returncode == 2
+    assert "is a folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("pyproject", "fragment"),
+    [
+        ("[project]\nname = 'x'\ndependencies = 'requests'\n", "'project.dependencies'"),
+        ("project = 'x'\n", "'project'"),
+        ("tool = 'x'\n", "'tool'"),
+    ],
+    ids=["dependencies-string", "project-string", "tool-string"],
+)
+def test_invalid_pyproject(
+    project_factory: ProjectFactory, run_cli: RunCli, pyproject: str, fragment: str
+) -> None:
+    root = project_factory({**MINIMAL, "pyproject.toml": pyproject})
+
+    result = run_cli("test", str(root))
+
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "pyproject.toml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["pyproject.toml", "pipeline.toml"])
+def test_non_utf8_settings(project_factory: ProjectFactory, run_cli: RunCli, name: str) -> None:
+    root = project_factory(MINIMAL)
+    (root / name).write_bytes(b"[tool.pipeline]\nimage = 'caf\xe9'\n")
+
+    result = run_cli("lint", str(root))
+
+    assert result.returncode == 2
+    assert "not valid UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import anyio
 import dagger
 
 from ..errors import ConfigError, NoEngineError, StepFailed
+from ..reports._files import remove
 from ..secrets import Redactor, resolve
 from ..spec import (
     BuildOutput,
@@ -217,6 +218,9 @@ class DaggerBackend:
         """The images built in this run, by tag."""
         return self.inputs.images
 
+    async def preflight(self, steps: Collection[str], image: str | None) -> None:
+        """Check nothing: the engine reports a missing image when a step requests it."""
+
     async def run(
         self, spec: StepSpec, reports_dir: Path, on_output: StepOutputCallback
     ) -> ExecResult:
@@ -276,16 +280,14 @@ class DaggerBackend:
         reports_dir.mkdir(parents=True, exist_ok=True)
         for path in spec.outputs:
             target = reports_dir / Path(path).name
-            if await container.exists(
+            if not await container.exists(
                 path, expected_type=dagger.ExistsType.REGULAR_TYPE
             ):
-                await container.file(path).export(str(target))
-            elif await container.exists(
-                path, expected_type=dagger.ExistsType.DIRECTORY_TYPE
-            ):
-                await container.directory(path).export(str(target))
-            else:
                 continue
+            # A link that the project placed at the target is removed, so that
+            # the export cannot write through it.
+            remove(target)
+            await container.file(path).export(str(target))
             copied[path] = target
         return copied
 

@@ -7,6 +7,9 @@ from typing import Any
 from ..results import StepResult
 from ._common import find_step
 
+# The run record, written last into the reports folder.
+RECORD_FILE_NAME = "run.json"
+
 
 def image_summary(results: list[StepResult]) -> dict[str, Any] | None:
     """Describe the image that the run built or scanned, or None without one.

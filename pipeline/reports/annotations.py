@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Mapping
 
 from ..results import Finding, Status, StepResult
+from ..steps._context import plural
 from ._common import RepositoryPaths, describe_image_finding, find_step, level
 
 COMMANDS = {"error": "error", "warning": "warning", "note": "notice"}
@@ -116,7 +117,8 @@ def _limit(pending: list[tuple[str, str]]) -> list[str]:
         within_limit.append(
             workflow_command(
                 "notice",
-                f"{left_out} more finding(s) are not annotated; "
+                f"{plural(left_out, 'more finding')} "
+                f"{'is' if left_out == 1 else 'are'} not annotated; "
                 "the reports list them all.",
                 {"title": "pipeline"},
             )

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..results import Status, StepResult
 from ..steps.test import REPORT
 from ._common import find_step, produced
+from ._files import write_bytes
 
 FILE_NAME = Path(REPORT).name
 XML_INVALID = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -31,7 +32,7 @@ def ensure_junit(results: list[StepResult], folder: Path) -> Path | None:
         return path
     if test.status not in (Status.FAILED, Status.CANCELLED):
         return None
-    path.write_bytes(failure_report(test))
+    write_bytes(path, failure_report(test))
     test.reports.append(path)
     return path
 

@@ -6,6 +6,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..results import Finding, Status, StepResult
+from ..steps._context import plural
 from ._common import RepositoryPaths
 from ._record import image_summary
 
@@ -44,8 +45,12 @@ def build_summary(record: RunRecord, paths: RepositoryPaths) -> str:
     )
     if below_gate:
         lines += [
-            f"{below_gate} finding(s) below the severity gate do not fail the run; "
-            "they are listed in the reports.",
+            f"{plural(below_gate, 'finding')} below the severity gate "
+            + (
+                "does not fail the run; it is listed in the reports."
+                if below_gate == 1
+                else "do not fail the run; they are listed in the reports."
+            ),
             "",
         ]
     where = paths.project_label or record.project.name

@@ -155,12 +155,10 @@ def _trivy_rule(findings: list[Finding]) -> dict[str, Any]:
 
 
 def _trivy_message(finding: Finding) -> str:
-    message = finding.message
+    # A vulnerability's message already names its fixed version.
     if finding.image is not None:
-        message = describe_image_finding(finding)
-    if finding.fixed_version:
-        message += f". Fixed in {finding.fixed_version}"
-    return message
+        return describe_image_finding(finding)
+    return finding.message
 
 
 def _image_location(finding: Finding, dockerfile: str | None) -> tuple[str, int] | None:

@@ -12,6 +12,7 @@ import re
 import time
 
 from ..results import Status, StepResult
+from ..steps._context import plural
 
 MAX_FINDINGS_SHOWN = 30
 # Section names keep to letters, digits, "_", "." and "-", so that no
@@ -56,7 +57,7 @@ def step_text(result: StepResult) -> str:
     for title, findings in groups:
         if not findings:
             continue
-        lines.append(f"{len(findings)} finding(s) {title}:")
+        lines.append(f"{plural(len(findings), 'finding')} {title}:")
         lines += ["  " + finding.format() for finding in findings[:MAX_FINDINGS_SHOWN]]
         if len(findings) > MAX_FINDINGS_SHOWN:
             more = len(findings) - MAX_FINDINGS_SHOWN

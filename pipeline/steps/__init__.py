@@ -7,7 +7,7 @@ from ._context import Context, Step
 from . import build, lint, scan, test
 
 STEPS: dict[str, Step] = {
-    step.NAME: Step(step.NAME, step.NEEDS, step.run)
+    step.NAME: Step(step.NAME, step.NEEDS, step.run, step.FILES)
     for step in (lint, test, build, scan)
 }
 

@@ -21,6 +21,9 @@ CA_PATH = "/etc/ssl/certs/pipeline-extra-ca.crt"
 TOOLS_PATH = "/opt/pipeline-tools"
 PIP_CACHE = CacheMount("pip", "/root/.cache/pip")
 TOOLS_CACHE = CacheMount("tools", TOOLS_PATH)
+# The project's own cache volume (see project_cache) and pip's cache in it.
+PROJECT_CACHE_PATH = "/opt/pipeline-project-cache"
+PROJECT_PIP_CACHE = f"{PROJECT_CACHE_PATH}/pip"
 
 
 @dataclass
@@ -62,16 +65,23 @@ class Context:
 
 @dataclass(frozen=True)
 class Step:
+    """A step in the run graph.
+
+    ``files`` names what the step writes directly into the reports folder
+    (its log and its tool's outputs), which a new run removes first.
+    """
+
     name: str
     needs: tuple[str, ...]
     run: Callable[[Context, Backend, StepOutputCallback], Awaitable[StepResult]]
+    files: tuple[str, ...] = ()
 
 
 def cached_venv(
-    name: str, key: str, installs: list[tuple[str, ...]]
+    name: str, key: str, installs: list[tuple[str, ...]], root: str = TOOLS_PATH
 ) -> tuple[str, tuple[str, ...]]:
-    """Return a virtualenv path in the tools cache and the command that
-    creates it once.
+    """Return a virtualenv path in a cache volume mounted at ``root`` (the
+    tools cache by default) and the command that creates it once.
 
     ``key`` is everything the virtualenv's content depends on, so a warm run
     installs nothing. A lock (flock, from util-linux) keeps concurrent runs
@@ -79,7 +89,7 @@ def cached_venv(
     last, so a build that was interrupted is redone on the next run.
     """
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    venv = f"{TOOLS_PATH}/{name}-{digest}"
+    venv = f"{root}/{name}-{digest}"
     pip = f"{venv}/bin/python -m pip install --quiet"
     steps = " && ".join(f"{pip} {shlex.join(arguments)}" for arguments in installs)
     script = (
@@ -91,24 +101,53 @@ def cached_venv(
     return venv, ("sh", "-c", script)
 
 
-def tool_venv(image: str, requirement: str) -> tuple[str, tuple[str, ...]]:
+def tool_venv(
+    image: str, requirement: str, root: str = TOOLS_PATH
+) -> tuple[str, tuple[str, ...]]:
     """Return a tool's virtualenv, keyed by image and pip requirement."""
     name = re.split(r"[^A-Za-z0-9_.-]", requirement, maxsplit=1)[0] or "tool"
-    return cached_venv(name, f"{image}\0{requirement}", [(requirement,)])
+    return cached_venv(name, f"{image}\0{requirement}", [(requirement,)], root)
+
+
+def project_cache(project: Project) -> CacheMount:
+    """Return the project's own cache volume, keyed by the project's path.
+
+    Steps that run the project's code use it in place of the shared caches:
+    test runs the project's tests, and lint lets flake8 load plugins from
+    the project (``[flake8:local-plugins]``). They mount it read-write, so
+    a project can change only its own cache, never the tools that scan runs
+    or another project's packages. It contains their virtualenvs and pip's cache.
+    """
+    key = hashlib.sha256(str(project.path).encode()).hexdigest()[:16]
+    return CacheMount(f"project-{key}", PROJECT_CACHE_PATH)
+
+
+def log_name(step: str) -> str:
+    """Return the name of a step's log file in the reports folder."""
+    return f"{step}.log"
 
 
 def save_log(ctx: Context, step: str, execution: ExecResult) -> Path:
-    """Write a step's full output to ``<step>.log`` in the reports folder."""
-    path = ctx.reports_dir / f"{step}.log"
+    """Return the file with a step's full output, ``<step>.log`` in the reports
+    folder: the backend's own, or else one written here from the results."""
+    # Imported here because pipeline.reports imports the steps.
+    from ..reports._files import write_text
+
+    if execution.log is not None:
+        return execution.log
     parts = []
     for result in (execution.setup_failed, *execution.results):
         if result is not None:
             parts.append(f"$ {shlex.join(result.command)}\n{result.output}")
             parts.append(f"[exit code {result.exit_code}]\n")
     ctx.reports_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
-    return path
+    return write_text(ctx.reports_dir / log_name(step), "\n".join(parts))
 
 
 def tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def plural(count: int, noun: str) -> str:
+    """Return ``count`` with ``noun``, adding an "s" unless the count is 1."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

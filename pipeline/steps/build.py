@@ -11,10 +11,11 @@ from ..backends.base import Backend, StepOutputCallback
 from ..errors import ConfigError
 from ..results import Finding, Status, StepResult
 from ..spec import BuildOutput, BuildSpec, SecretMount, SecretRef
-from ._context import Context, tail
+from ._context import Context, log_name, tail
 
 NAME = "build"
 NEEDS: tuple[str, ...] = ()
+FILES = (log_name(NAME),)
 
 # Docker tags: at most 128 of [A-Za-z0-9_.-], not starting with . or -
 TAG_INVALID = re.compile(r"[^A-Za-z0-9_.-]")
@@ -25,13 +26,15 @@ DOCKERFILE_LINE = re.compile(r"^(?P<file>\S*Dockerfile[^:\s]*):(?P<line>\d+)\s*$
 ERROR_LINE = re.compile(
     r"^(?:#\d+ )?(?:ERROR|error):? (?P<message>.+)$", re.MULTILINE
 )
+# The docker client's pointer to its help, which it prints after its error.
+CLIENT_HINT = re.compile(r"^(?:See '.*--help'\.?|Usage: .*)$")
 
 
 def docker_tag(value: str) -> str:
     return TAG_INVALID.sub("-", value).lstrip(".-")[:128] or "untagged"
 
 
-def describe(ctx: Context) -> BuildSpec:
+def describe(ctx: Context, log_file: Path | None = None) -> BuildSpec:
     settings = ctx.settings.build
     project = ctx.project
     dockerfile = project.path / settings.dockerfile
@@ -79,6 +82,7 @@ def describe(ctx: Context) -> BuildSpec:
         build_args=tuple(sorted(settings.build_args.items())),
         labels=tuple((key, value) for key, value in labels if value),
         secrets=secrets,
+        log_file=log_file,
     )
 
 
@@ -110,6 +114,28 @@ def parse_build_failure(log: str, dockerfile: Path, root: Path) -> list[Finding]
     ]
 
 
+def parse_client_failure(log: str) -> list[Finding]:
+    """Return the docker client's own error, for a build that failed before
+    BuildKit started (an invalid tag or option), so the Dockerfile is not blamed.
+
+    The client prints its error, then a pointer to its help such as
+    ``See 'docker build --help'.``, which is left out.
+    """
+    errors = [match["message"].strip() for match in ERROR_LINE.finditer(log)]
+    lines = [
+        line.strip()
+        for line in log.splitlines()
+        if line.strip() and not CLIENT_HINT.match(line.strip())
+    ]
+    if errors:
+        message = errors[-1]
+    elif lines:
+        message = lines[-1]
+    else:
+        message = "the docker client failed before the build started"
+    return [Finding(tool="docker", rule="build-error", message=message)]
+
+
 def _last_line(log: str) -> str | None:
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     return lines[-1] if lines else None
@@ -130,7 +156,10 @@ def _find_instruction(dockerfile: Path, instruction: str | None) -> int | None:
 
 def judge(spec: BuildSpec, output: BuildOutput, root: Path) -> StepResult:
     if output.exit_code != 0 or output.image_id is None:
-        findings = parse_build_failure(output.log, spec.dockerfile, root)
+        if output.builder_started:
+            findings = parse_build_failure(output.log, spec.dockerfile, root)
+        else:
+            findings = parse_client_failure(output.log)
         return StepResult(
             NAME,
             Status.FAILED,
@@ -152,9 +181,17 @@ def judge(spec: BuildSpec, output: BuildOutput, root: Path) -> StepResult:
 
 
 async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:
-    spec = describe(ctx)
+    # Imported here because pipeline.reports imports the steps.
+    from ..reports._files import write_text
+
+    ctx.reports_dir.mkdir(parents=True, exist_ok=True)
+    log_file = ctx.reports_dir / log_name(NAME)
+    spec = describe(ctx, log_file)
     output = await backend.build(spec, on_output)
+    if output.log_file is None:
+        write_text(log_file, output.log)
     result = judge(spec, output, ctx.project.path)
+    result.reports.append(log_file)
     if result.ok:
         ctx.image = spec.tags[0]
     return result

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from ..backends.base import Backend, StepOutputCallback
 from ..results import Finding, Status, StepResult
 from ..spec import ExecResult, StepSpec
 from ._context import (
-    PIP_CACHE,
+    PROJECT_CACHE_PATH,
+    PROJECT_PIP_CACHE,
     REPORTS_PATH,
     SOURCE_PATH,
-    TOOLS_CACHE,
     Context,
+    log_name,
+    plural,
+    project_cache,
     save_log,
     tail,
     tool_venv,
@@ -21,6 +25,7 @@ from ._context import (
 NAME = "lint"
 NEEDS: tuple[str, ...] = ()
 REPORT = f"{REPORTS_PATH}/flake8.txt"
+FILES = (log_name(NAME), Path(REPORT).name)
 
 # flake8's default format: path:row:col: code text
 FLAKE8_LINE = re.compile(
@@ -32,7 +37,9 @@ FLAKE8_LINE = re.compile(
 def describe(ctx: Context) -> StepSpec:
     settings = ctx.settings.lint
     image = settings.image or ctx.settings.image
-    venv, install = tool_venv(image, settings.flake8)
+    # flake8 runs project code (local plugins), so it gets the project's own
+    # cache, not the shared tools cache.
+    venv, install = tool_venv(image, settings.flake8, root=PROJECT_CACHE_PATH)
     command = [f"{venv}/bin/python", "-m", "flake8", f"--output-file={REPORT}", "--tee"]
     if settings.config:
         command.append(f"--config={settings.config}")
@@ -43,10 +50,10 @@ def describe(ctx: Context) -> StepSpec:
         workdir=SOURCE_PATH,
         setup=(("mkdir", "-p", REPORTS_PATH), install),
         commands=(tuple(command),),
-        env=ctx.common_env(),
+        env=(*ctx.common_env(), ("PIP_CACHE_DIR", PROJECT_PIP_CACHE)),
         source=ctx.source(),
         files=ctx.ca_files(),
-        caches=(PIP_CACHE, TOOLS_CACHE),
+        caches=(project_cache(ctx.project),),
         outputs=(REPORT,),
     )
 
@@ -78,12 +85,15 @@ def judge(execution: ExecResult) -> StepResult:
             output=tail(execution.setup_failed.output),
         )
     result = execution.results[0]
-    findings = parse_flake8(result.stdout)
+    report = execution.outputs.get(REPORT)
+    # The report file has every finding. The output kept in memory is only
+    # its end, so it is parsed only when flake8 wrote no report.
+    findings = parse_flake8(_read(report) if report else result.stdout)
     reports = list(execution.outputs.values())
     if result.exit_code == 0 and not findings:
         return StepResult(NAME, Status.PASSED, "no findings", reports=reports)
     if findings:
-        summary = f"{len(findings)} finding{'s' if len(findings) != 1 else ''}"
+        summary = plural(len(findings), "finding")
     else:
         summary = f"flake8 failed with exit code {result.exit_code}"
     return StepResult(
@@ -94,6 +104,10 @@ def judge(execution: ExecResult) -> StepResult:
         output=tail(result.output),
         reports=reports,
     )
+
+
+def _read(report: Path) -> str:
+    return report.read_text(encoding="utf-8", errors="replace")
 
 
 async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:

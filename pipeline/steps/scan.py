@@ -8,21 +8,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..backends.base import Backend, StepOutputCallback
 from ..config import SEVERITIES, ScanSettings
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from ..results import Finding, Status, StepResult
-from ..spec import CacheMount, ExecResult, FileMount, ImageInput, StepSpec
+from ..spec import (
+    CacheMount,
+    CommandResult,
+    ExecResult,
+    FileMount,
+    ImageInput,
+    StepSpec,
+)
 from ._context import (
     PIP_CACHE,
     REPORTS_PATH,
     SOURCE_PATH,
     TOOLS_CACHE,
     Context,
+    log_name,
+    plural,
     save_log,
     tail,
     tool_venv,
@@ -35,6 +46,14 @@ IMAGE_TARBALL = "/work/image.tar"
 IGNOREFILE = "/work/trivyignore"
 IMAGE_REPORT = f"{REPORTS_PATH}/trivy-image.json"
 SOURCE_REPORT = f"{REPORTS_PATH}/trivy-source.json"
+FILES = (log_name(NAME), Path(IMAGE_REPORT).name, Path(SOURCE_REPORT).name)
+# Trivy logs "<time>\tFATAL\tFatal error\t<message>" or
+# "<time>\tERROR\t<message>" (Trivy 0.76).
+TRIVY_ERROR_LINE = re.compile(
+    r"^\S+\t(?:FATAL|ERROR)\t(?:Fatal error\t)?(?P<message>.+)$", re.MULTILINE
+)
+# A flag error that Trivy's command-line parser prints before logging starts.
+TRIVY_USAGE_ERROR = re.compile(r"^Error: (?P<message>.+)$", re.MULTILINE)
 
 
 def _is_loopback(repository: str | None) -> bool:
@@ -78,9 +97,8 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
     step_image = settings.image or ctx.settings.image
     venv, install = tool_venv(step_image, settings.trivy)
     trivy = f"{venv}/bin/trivy"
-    ignorefile = ctx.project.path / settings.ignorefile
-    has_ignorefile = ignorefile.is_file()
-    flags = _common_flags(settings, has_ignorefile)
+    ignorefile = find_ignorefile(ctx)
+    flags = _common_flags(settings, ignorefile is not None)
 
     commands: list[tuple[str, ...]] = []
     image_scanners = "secret"
@@ -113,7 +131,7 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
             )
         )
     files = list(ctx.ca_files())
-    if has_ignorefile:
+    if ignorefile is not None:
         files.append(FileMount(ignorefile, IGNOREFILE))
     return StepSpec(
         name=NAME,
@@ -130,6 +148,43 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
         needs=NEEDS,
         host_network=_is_loopback(settings.db_repository),
     )
+
+
+def find_ignorefile(ctx: Context) -> Path | None:
+    """Return the file whose content is the project's Trivy ignore file, or None.
+
+    Symbolic links in the project count only when they lead to a file inside
+    the project, and then that file is returned. A link that leaves the
+    project could hand a host file to the step container, so it raises
+    ConfigError, as does a folder of that name. A path that the settings
+    place outside the project is taken as it is.
+    """
+    project = ctx.project.path
+    path = project / ctx.settings.scan.ignorefile
+    if not path.exists() and not path.is_symlink():
+        return None
+    target = path.resolve()
+    in_project = Path(os.path.normpath(path)).is_relative_to(project)
+    if in_project and not target.is_relative_to(project):
+        raise ConfigError(
+            f"the Trivy ignore file {path} leads through a symbolic link to "
+            f"{target}, outside the project (setting scan.ignorefile)",
+            hint="replace the link with the file itself, or point it at a file "
+            "inside the project",
+        )
+    if target.is_dir():
+        raise ConfigError(
+            f"the Trivy ignore file {path} is a folder (setting scan.ignorefile)",
+            hint="make it a file with one finding ID per line, or set "
+            "scan.ignorefile to such a file",
+        )
+    if not target.is_file():
+        raise ConfigError(
+            f"the Trivy ignore file {path} is not a regular file "
+            "(setting scan.ignorefile)",
+            hint="make it a file with one finding ID per line",
+        )
+    return target
 
 
 def parse_trivy(
@@ -156,8 +211,7 @@ def parse_trivy(
                 Finding(
                     tool="trivy",
                     rule=vuln.get("VulnerabilityID", "?"),
-                    message=f"{package} {vuln.get('InstalledVersion', '')}: "
-                    f"{title}".strip(),
+                    message=_vulnerability_message(vuln, title),
                     path=f"{image}:{package_path}" if image and package_path else path,
                     severity=severity,
                     blocking=severity in gate,
@@ -210,6 +264,17 @@ def parse_trivy(
     return findings
 
 
+def _vulnerability_message(vulnerability: dict[str, Any], title: str) -> str:
+    """Return "package version: title", plus "(fixed in X)" when a fix exists."""
+    package = vulnerability.get("PkgName")
+    version = vulnerability.get("InstalledVersion", "")
+    message = f"{package} {version}: {title}".strip()
+    fixed = vulnerability.get("FixedVersion")
+    if fixed:
+        message += f" (fixed in {fixed})"
+    return message
+
+
 def _cvss_score(vulnerability: dict[str, Any]) -> float | None:
     """Return the CVSS v3 base score of the source that set the severity."""
     source = vulnerability.get("SeveritySource")
@@ -248,6 +313,27 @@ def _load(path: Path | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def trivy_command_name(command: tuple[str, ...]) -> str:
+    """Name a Trivy command: "trivy image", "trivy fs" or the database download."""
+    if "--download-db-only" in command:
+        return "trivy database download"
+    subcommand = command[1] if len(command) > 1 else ""
+    return f"trivy {subcommand}".strip()
+
+
+def describe_trivy_failure(result: CommandResult) -> str:
+    """Summarize a failed Trivy command with its name and Trivy's own error."""
+    summary = (
+        f"{trivy_command_name(result.command)} failed with exit code {result.exit_code}"
+    )
+    output = result.output
+    errors = [match["message"] for match in TRIVY_ERROR_LINE.finditer(output)]
+    errors = errors or [match["message"] for match in TRIVY_USAGE_ERROR.finditer(output)]
+    if errors:
+        summary += ": " + errors[-1].strip()
+    return summary
+
+
 def _db_failed(execution: ExecResult) -> bool:
     return bool(execution.results) and execution.results[0].exit_code != 0
 
@@ -270,8 +356,7 @@ def judge(
             return StepResult(
                 NAME,
                 Status.FAILED,
-                f"trivy failed with exit code {result.exit_code}: "
-                + " ".join(result.command[1:3]),
+                describe_trivy_failure(result),
                 output=tail(result.output),
             )
     gate: set[str] = set(settings.severity)
@@ -300,7 +385,7 @@ def judge(
         return StepResult(
             NAME,
             Status.FAILED,
-            f"{len(blocking)} finding(s) at {gate_text}{note}",
+            f"{plural(len(blocking), 'finding')} at {gate_text}{note}",
             findings=findings,
             reports=reports,
             details=details,

@@ -11,12 +11,14 @@ from ..backends.base import Backend, StepOutputCallback
 from ..results import Finding, Status, StepResult
 from ..spec import ExecResult, StepSpec
 from ._context import (
-    PIP_CACHE,
+    PROJECT_CACHE_PATH,
+    PROJECT_PIP_CACHE,
     REPORTS_PATH,
     SOURCE_PATH,
-    TOOLS_CACHE,
     Context,
     cached_venv,
+    log_name,
+    project_cache,
     save_log,
     tail,
 )
@@ -24,13 +26,23 @@ from ._context import (
 NAME = "test"
 NEEDS: tuple[str, ...] = ()
 REPORT = f"{REPORTS_PATH}/junit.xml"
-# The project is installed here, outside the shared cached virtualenv.
+FILES = (log_name(NAME), Path(REPORT).name)
+# The project is installed here, outside the cached virtualenv.
 PROJECT_SITE = "/tmp/pipeline-project"
+# The default of the test.timeout setting, in seconds.
+DEFAULT_TIMEOUT = 3600
+# coreutils timeout sends SIGTERM at the timeout and SIGKILL this many
+# seconds later, for a pytest that ignores SIGTERM.
+KILL_AFTER = 30
 
 # pytest exit codes (pytest.ExitCode)
 EXIT_OK = 0
 EXIT_TESTS_FAILED = 1
 EXIT_NO_TESTS = 5
+# coreutils timeout's exit codes: the command timed out, or was killed with
+# SIGKILL (128 + 9), which --kill-after sends when SIGTERM did not end it.
+EXIT_TIMED_OUT = 124
+EXIT_KILLED = 137
 
 # The short summary that -rfE prints: "FAILED tests/test_x.py::test_y - msg"
 SUMMARY_LINE = re.compile(
@@ -38,15 +50,23 @@ SUMMARY_LINE = re.compile(
 )
 
 
+def timeout_seconds(ctx: Context) -> int:
+    """Return the test.timeout setting, in seconds."""
+    # NOTE: getattr keeps this working with settings that have no
+    # test.timeout yet.
+    return int(getattr(ctx.settings.test, "timeout", DEFAULT_TIMEOUT))
+
+
 def describe(ctx: Context) -> StepSpec:
     """Describe the test step.
 
-    The dependencies and pytest go into a virtualenv in the tools cache,
-    keyed by the requirements files, so a run after a source change installs
-    nothing. When a requirements file installs from the project tree
-    (``-e .``), the dependencies are installed into the step's image on each
-    run instead. The project itself is installed on each run, since it is
-    the source under test.
+    The dependencies and pytest go into a virtualenv in the project's own
+    cache volume, keyed by the requirements files, so a run after a source
+    change installs nothing. When a requirements file installs from the
+    project tree (``-e .``), the dependencies are installed into the step's
+    image on each run instead. The project itself is installed on each run,
+    since it is the source under test. pytest runs under coreutils
+    ``timeout`` with the test.timeout setting.
     """
     settings = ctx.settings.test
     project = ctx.project
@@ -59,11 +79,11 @@ def describe(ctx: Context) -> StepSpec:
     installs.append((settings.pytest,))
 
     setup: list[tuple[str, ...]] = [("mkdir", "-p", REPORTS_PATH)]
-    env = list(ctx.common_env())
+    env = [*ctx.common_env(), ("PIP_CACHE_DIR", PROJECT_PIP_CACHE)]
     fingerprint = project.requirements_fingerprint()
     if fingerprint is not None:
         key = "\0".join([image, fingerprint, *project.declared_dependencies, settings.pytest])
-        venv, create = cached_venv("test-deps", key, installs)
+        venv, create = cached_venv("test-deps", key, installs, root=PROJECT_CACHE_PATH)
         python = f"{venv}/bin/python"
         setup.append(create)
         if settings.install_project and project.is_installable:
@@ -80,6 +100,9 @@ def describe(ctx: Context) -> StepSpec:
             setup.append((*pip, "--no-deps", "."))
 
     command = (
+        "timeout",
+        f"--kill-after={KILL_AFTER}",
+        str(timeout_seconds(ctx)),
         python,
         "-m",
         "pytest",
@@ -100,13 +123,16 @@ def describe(ctx: Context) -> StepSpec:
         env=tuple(env),
         source=ctx.source(),
         files=ctx.ca_files(),
-        caches=(PIP_CACHE, TOOLS_CACHE),
+        caches=(project_cache(project),),
         outputs=(REPORT,),
     )
 
 
 def parse_junit(path: Path) -> dict[str, int]:
-    """Count tests, failures, errors and skips in a JUnit XML report."""
+    """Count tests, failures, errors and skips in a JUnit XML report.
+
+    Raises ElementTree.ParseError when the file is not well-formed XML.
+    """
     root = ElementTree.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
@@ -133,7 +159,10 @@ def parse_failures(output: str) -> list[Finding]:
 
 
 def locate_failures(findings: list[Finding], junit: Path) -> list[Finding]:
-    """Add each failed test's line, taken from its traceback in the JUnit report."""
+    """Add each failed test's line, taken from its traceback in the JUnit report.
+
+    Raises ElementTree.ParseError when the report is not well-formed XML.
+    """
     tracebacks: dict[tuple[str, str], str] = {}
     for case in ElementTree.parse(junit).getroot().iter("testcase"):
         for outcome in case:
@@ -165,17 +194,25 @@ def _junit_address(nodeid: str) -> tuple[str, str]:
 
 
 def _last_line_in(traceback: str, path: str) -> int | None:
-    """Find the last ``path:line`` of a test file in a traceback.
+    """Find the last line of a test file that a traceback names.
 
     pytest ends a failure with ``tests/test_x.py:12: AssertionError`` and a
-    setup error with ``/src/tests/test_x.py:12``.
+    setup error with ``/src/tests/test_x.py:12``. Python's own format, used
+    by ``--tb=native`` and for a syntax error at collection, names it as
+    ``File "/src/tests/test_x.py", line 12``.
     """
-    pattern = rf"^(?:{re.escape(SOURCE_PATH)}/)?{re.escape(path)}:(\d+)(?::|\s*$)"
-    matches = re.findall(pattern, traceback, re.MULTILINE)
-    return int(matches[-1]) if matches else None
+    file = rf"(?:{re.escape(SOURCE_PATH)}/)?{re.escape(path)}"
+    pattern = rf'^{file}:(\d+)(?::|\s*$)|File "{file}", line (\d+)'
+    lines = [
+        int(pytest_line or native_line)
+        for pytest_line, native_line in re.findall(pattern, traceback, re.MULTILINE)
+    ]
+    return lines[-1] if lines else None
 
 
-def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
+def judge(
+    execution: ExecResult, allow_no_tests: bool, timeout: int = DEFAULT_TIMEOUT
+) -> StepResult:
     if execution.setup_failed is not None:
         output = execution.setup_failed.output
         errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
@@ -185,9 +222,30 @@ def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
         return StepResult(NAME, Status.FAILED, summary, output=tail(output))
     result = execution.results[0]
     reports = list(execution.outputs.values())
-    counts = parse_junit(reports[0]) if reports else None
+    junit = reports[0] if reports else None
+    counts, junit_error = _read_counts(junit)
     details: dict[str, object] = {"counts": counts} if counts else {}
+    note = ""
+    if junit_error is not None:
+        details["junit_error"] = junit_error
+        note = f" ({junit_error})"
 
+    if result.exit_code in (EXIT_TIMED_OUT, EXIT_KILLED):
+        if result.exit_code == EXIT_TIMED_OUT:
+            summary = f"pytest timed out after {timeout} s (setting test.timeout)"
+        else:
+            summary = (
+                f"pytest was killed with SIGKILL: it ignored SIGTERM at the "
+                f"{timeout} s timeout (setting test.timeout), or ran out of memory"
+            )
+        return StepResult(
+            NAME,
+            Status.FAILED,
+            summary + note,
+            output=tail(result.output),
+            reports=reports,
+            details=details,
+        )
     if result.exit_code == EXIT_NO_TESTS:
         status = Status.PASSED if allow_no_tests else Status.FAILED
         return StepResult(
@@ -200,14 +258,16 @@ def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
             details=details,
         )
     findings = parse_failures(result.stdout)
-    if reports:
-        findings = locate_failures(findings, reports[0])
+    if junit is not None and junit_error is None:
+        findings = locate_failures(findings, junit)
     if result.exit_code == EXIT_OK:
         passed = counts["tests"] - counts["skipped"] if counts else 0
         summary = f"{passed} passed" if counts else "passed"
         if counts and counts["skipped"]:
             summary += f", {counts['skipped']} skipped"
-        return StepResult(NAME, Status.PASSED, summary, reports=reports, details=details)
+        return StepResult(
+            NAME, Status.PASSED, summary + note, reports=reports, details=details
+        )
     if result.exit_code == EXIT_TESTS_FAILED and counts:
         summary = f"{counts['failures'] + counts['errors']} of {counts['tests']} failed"
     else:
@@ -215,7 +275,7 @@ def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
     return StepResult(
         NAME,
         Status.FAILED,
-        summary,
+        summary + note,
         findings=findings,
         output=tail(result.output),
         reports=reports,
@@ -223,11 +283,21 @@ def judge(execution: ExecResult, allow_no_tests: bool) -> StepResult:
     )
 
 
+def _read_counts(junit: Path | None) -> tuple[dict[str, int] | None, str | None]:
+    """Return the JUnit report's counts, or None and why the report is unusable."""
+    if junit is None:
+        return None, None
+    try:
+        return parse_junit(junit), None
+    except (ElementTree.ParseError, ValueError) as exc:
+        return None, f"{junit.name} is not a valid JUnit report: {exc}"
+
+
 async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> StepResult:
     spec = describe(ctx)
     execution = await backend.run(spec, ctx.reports_dir, on_output)
     log_path = save_log(ctx, NAME, execution)
-    result = judge(execution, ctx.settings.test.allow_no_tests)
+    result = judge(execution, ctx.settings.test.allow_no_tests, timeout_seconds(ctx))
     result.image = spec.image
     result.reports.append(log_path)
     return result

@@ -23,8 +23,10 @@ from dagger.client._session import SharedConnection
 from dagger_standin import Call, ScriptedEngine, StandInSession, client_for
 
 from pipeline.backends.dagger import DaggerBackend, Inputs
+from pipeline.project import Project
 from pipeline.run import Prepared, prepare
 from pipeline.steps import build as build_step
+from pipeline.steps._context import project_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_ENV = "PIPELINE_DAGGER_SCHEMA"
@@ -100,7 +102,9 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "_EXPERIMENTAL_DAGGER_CLI_BIN",
     ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PIPELINE_USER_CONFIG", str(tmp_path / "no-user-config.toml"))
+    user_config = tmp_path / "empty-user-config.toml"
+    user_config.write_text("")
+    monkeypatch.setenv("PIPELINE_USER_CONFIG", str(user_config))
 
 
 @pytest.fixture
@@ -130,10 +134,13 @@ def dagger_session(
     sample_project: Path,
     scripted_engine: ScriptedEngine,
 ) -> StandInSession:
+    # The project's cache is keyed by the project's path, which differs
+    # from one test run to the next.
+    cache_key = project_cache(Project(sample_project)).key
     return StandInSession(
         dagger_schema,
         responder=scripted_engine,
-        replacements={str(sample_project): "<project>"},
+        replacements={str(sample_project): "<project>", cache_key: "project-<project>"},
     )
 
 

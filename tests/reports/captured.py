@@ -51,7 +51,9 @@ def scan_result(reports: Path, gate: tuple[str, ...] = DEFAULT_GATE) -> StepResu
     shutil.copy(DATA / "trivy-source-token.json", source_report)
     commands = tuple(CommandResult(("trivy",), 0, "", "") for _ in range(3))
     outputs = {scan.IMAGE_REPORT: image_report, scan.SOURCE_REPORT: source_report}
-    settings = ScanSettings(severity=list(gate))
+    # model_construct skips validation, which rejects an empty gate; the
+    # reports are tested with one, where nothing blocks.
+    settings = ScanSettings.model_construct(severity=list(gate))
     result = scan.judge(ExecResult(commands, outputs), settings, IMAGE, True)
     result.image = IMAGE
     return _timed(result, 1, 11.9)

@@ -91,7 +91,7 @@ def test_annotations_for_captured_run(tmp_path: Path) -> None:
         "::error file=tests/test_planted.py,line=5,"
         "title=pytest tests/test_planted.py%3A%3Atest_planted_error::error",
         "::error file=Dockerfile,title=trivy CVE-2020-14343 [CRITICAL]::PyYAML 5.3.1: "
-        f"Improper Input Validation in PyYAML (in image {IMAGE}, "
+        f"Improper Input Validation in PyYAML (fixed in 5.4) (in image {IMAGE}, "
         "usr/local/lib/python3.11/dist-packages/PyYAML-5.3.1.dist-info/METADATA)",
         "::error file=Dockerfile,title=trivy github-pat [CRITICAL]::secret: GitHub Personal "
         f"Access Token (in image {IMAGE}, app/bridge_service/credentials.py)",
@@ -141,7 +141,7 @@ def test_annotations_limited_per_command() -> None:
 
     assert len([line for line in lines if line.startswith("::error ")]) == 10
     assert lines[-1] == (
-        "::notice title=pipeline::20 more finding(s) are not annotated; the reports list them all."
+        "::notice title=pipeline::20 more findings are not annotated; the reports list them all."
     )
 
 

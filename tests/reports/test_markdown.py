@@ -26,7 +26,7 @@ def test_summary_steps_table(tmp_path: Path) -> None:
     assert "| lint | **failed** | 4.1s | 1 finding | 1 blocking |" in summary
     assert "| test | **failed** | 5.6s | 2 of 53 failed | 2 blocking |" in summary
     assert f"| build | passed | 0.7s | built {IMAGE} | none |" in summary
-    assert "| scan | **failed** | 11.9s | 4 finding(s) at CRITICAL,HIGH | 4 blocking |" in summary
+    assert "| scan | **failed** | 11.9s | 4 findings at CRITICAL,HIGH | 4 blocking |" in summary
 
 
 def test_summary_names_image(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_summary_counts_ignored_findings(tmp_path: Path) -> None:
 
     assert "### scan: blocking findings" not in summary
     assert "| scan | passed | 11.9s | no findings at LOW, 4 below the threshold | 4 below the gate |" in summary
-    assert "4 finding(s) below the severity gate do not fail the run" in summary
+    assert "4 findings below the severity gate do not fail the run" in summary
 
 
 def test_summary_shows_output_without_findings(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""write_record writes every report, lists it in run.json and removes the
-reports that an earlier run left for a tool that did not run this time."""
+"""write_record writes every report and lists it in run.json, and a new run
+first removes the files that an earlier run left."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import _report
+from pipeline.reports import pipeline_file_names, reset_reports_folder
 from pipeline.run import write_record
 
-from .captured import IMAGE, IMAGE_ID, captured_record
+from .captured import IMAGE, IMAGE_ID, captured_record, unit_test_result
 
 REPORT_FILES = {
     "junit": "junit.xml",
@@ -71,15 +72,55 @@ def test_record_step_fields(tmp_path: Path) -> None:
 
 def test_stale_reports_removed(tmp_path: Path) -> None:
     record = captured_record(tmp_path / "project")
-    assert record.reports_dir is not None
+    reports = record.reports_dir
+    assert reports is not None
     write_record(record, environ={})
-    record.results = [result for result in record.results if result.name == "test"]
+    (reports / "notes.txt").write_text("kept\n")
+    (reports / "history").mkdir()
+    (reports / "history" / "run.json").write_text("{}\n")
 
+    # A second run that runs only the test step.
+    reset_reports_folder(record.project, reports)
+    record.results = [unit_test_result(reports)]
     write_record(record, environ={})
 
-    for name in ("pipeline.sarif", "gl-code-quality-report.json", "gl-container-scanning-report.json"):
-        assert not (record.reports_dir / name).exists(), name
+    for name in (
+        "pipeline.sarif",
+        "gl-code-quality-report.json",
+        "gl-container-scanning-report.json",
+        "flake8.txt",
+        "trivy-image.json",
+        "trivy-source.json",
+    ):
+        assert not (reports / name).exists(), name
     assert set(record.reports) == {"junit", "summary"}
+    assert (reports / "junit.xml").is_file()
+    assert (reports / "notes.txt").read_text() == "kept\n"
+    assert (reports / "history" / "run.json").read_text() == "{}\n"
+
+
+def test_reset_removes_pipeline_files_only(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    reports = project / ".pipeline" / "reports"
+    reports.mkdir(parents=True)
+    for name in pipeline_file_names():
+        (reports / name).write_text("earlier run\n")
+    (reports / "custom.log").write_text("not the pipeline's\n")
+    (reports / "lint.log.bak").write_text("not the pipeline's\n")
+
+    removed = reset_reports_folder(project, reports)
+
+    assert sorted(path.name for path in removed) == sorted(pipeline_file_names())
+    assert sorted(path.name for path in reports.iterdir()) == ["custom.log", "lint.log.bak"]
+
+
+def test_known_names_cover_every_file() -> None:
+    names = set(pipeline_file_names())
+
+    assert {"lint.log", "test.log", "build.log", "scan.log"} <= names
+    assert {"flake8.txt", "junit.xml", "trivy-image.json", "trivy-source.json"} <= names
+    assert set(REPORT_FILES.values()) <= names
+    assert "run.json" in names
 
 
 def test_summary_appended_to_step_summary(tmp_path: Path) -> None:

@@ -154,7 +154,8 @@ def test_sarif_image_findings_on_dockerfile(tmp_path: Path) -> None:
     assert "usr/local/lib/python3.11/dist-packages/PyYAML-5.3.1.dist-info/METADATA" in (
         pyyaml["message"]["text"]
     )
-    assert pyyaml["message"]["text"].endswith("Fixed in 5.4")
+    assert "PyYAML (fixed in 5.4) (in image" in pyyaml["message"]["text"]
+    assert pyyaml["message"]["text"].count("fixed in") == 1
 
 
 def test_sarif_scanned_image_without_build(tmp_path: Path) -> None:

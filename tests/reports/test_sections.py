@@ -78,7 +78,7 @@ def test_sections_hold_findings_and_output(tmp_path: Path) -> None:
     assert "  bridge_service/api.py:1:1: F401 'os' imported but unused" in text
     assert "  tests/test_planted.py:2: tests/test_planted.py::test_planted_failure assert (1 + 1) == 3" in text
     assert "output (last lines):" in text
-    assert "4 finding(s) blocking:" in text
+    assert "4 findings blocking:" in text
 
 
 def test_section_lists_ignored_findings() -> None:
@@ -87,7 +87,7 @@ def test_section_lists_ignored_findings() -> None:
 
     text = log_sections([step])
 
-    assert "1 finding(s) below the severity gate:\n  a.py:1: CVE-1 [LOW] low one\n" in text
+    assert "1 finding below the severity gate:\n  a.py:1: CVE-1 [LOW] low one\n" in text
     assert "[collapsed=true]" in text
 
 
