@@ -42,6 +42,10 @@ from ._context import (
 NAME = "scan"
 NEEDS: tuple[str, ...] = ("build",)
 TRIVY_CACHE_PATH = "/root/.cache/trivy"
+# Trivy runs in this folder, not in the source tree, because it reads
+# trivy.yaml from its working folder: a project's own trivy.yaml would
+# otherwise change options that the pipeline sets.
+SCAN_WORKDIR = "/work"
 IMAGE_TARBALL = "/work/image.tar"
 IGNOREFILE = "/work/trivyignore"
 IMAGE_REPORT = f"{REPORTS_PATH}/trivy-image.json"
@@ -136,7 +140,7 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
     return StepSpec(
         name=NAME,
         image=step_image,
-        workdir=SOURCE_PATH,
+        workdir=SCAN_WORKDIR,
         setup=(("mkdir", "-p", REPORTS_PATH, "/work"), install),
         commands=tuple(commands),
         env=ctx.common_env(),
