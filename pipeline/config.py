@@ -347,7 +347,7 @@ class FileLayer:
 
 
 class _Layers:
-    """The file layers of the load in progress (pydantic asks for sources
+    """The file layers of the load in progress (pydantic requests sources
     through a classmethod, so they cannot be passed as arguments)."""
 
     def __init__(self) -> None:

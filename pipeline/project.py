@@ -28,7 +28,7 @@ INCLUDED_REQUIREMENTS = re.compile(
     r"^\s*(?:-r|-c|--requirement|--constraint)[=\s]\s*(\S+)"
 )
 
-# Never copied into a step container, whatever the project's ignore files say.
+# Never copied into a step container, whatever the project's ignore files contain.
 ALWAYS_EXCLUDED = (
     ".git/",
     ".hg/",

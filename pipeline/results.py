@@ -1,4 +1,4 @@
-"""What steps return: a status, findings, and the files they wrote."""
+"""Step results: a status, findings, and the files each step wrote."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Status(str, Enum):
 class Finding:
     """One problem a tool reported, in the fields every report format needs.
 
-    ``blocking`` tells whether the finding fails its step's gate; a scan
+    ``blocking`` is whether the finding fails its step's gate; a scan
     finding below the severity threshold is reported but not blocking.
     """
 

@@ -2,7 +2,7 @@
 
 A step module turns settings and the project into these values. A backend
 turns them into containers (Docker Engine) or API calls (Dagger). Nothing here
-knows about either, so both backends run the very same description.
+depends on either, so both backends run the very same description.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class CacheMount:
 class SourceMount:
     """The project tree copied into the container, minus the excluded paths.
 
-    ``exclude`` holds gitignore-style patterns relative to ``host_path``.
+    ``exclude`` contains gitignore-style patterns relative to ``host_path``.
     """
 
     host_path: Path

@@ -101,7 +101,7 @@ def summary_table(results: list[StepResult]) -> Table:
 
 
 def failure_details(result: StepResult) -> Group:
-    """The findings and the tail of the output of a failed step."""
+    """Render the findings and the tail of the output of a failed step."""
     parts: list[Text] = [Text(f"\n{result.name} failed: {result.summary}", style="bold red")]
     blocking = result.blocking_findings
     for finding in blocking[:MAX_FINDINGS_SHOWN]:

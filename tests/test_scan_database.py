@@ -1,4 +1,4 @@
-"""Without a vulnerability database the scan says so and fails, unless the
+"""Without a vulnerability database the scan reports that and fails, unless the
 config explicitly allows scanning for secrets and misconfigurations only."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ StepOutputCallback = Callable[[str], None]
 
 
 class Backend(Protocol):
-    """Runs step descriptions; knows nothing about which step it runs."""
+    """Runs step descriptions without depending on which step it runs."""
 
     name: str
 

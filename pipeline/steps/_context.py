@@ -1,4 +1,4 @@
-"""What every step receives, and helpers shared by the container steps."""
+"""The context every step receives, and helpers shared by the container steps."""
 
 from __future__ import annotations
 

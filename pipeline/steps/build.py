@@ -53,7 +53,7 @@ def describe(ctx: Context, log_file: Path | None = None) -> BuildSpec:
 
     name = settings.image_name or project.name
     git = project.git
-    # A tree with uncommitted changes is not the commit, so its tags say so.
+    # A tree with uncommitted changes is not the commit, so its tags mark that.
     dirty = "-dirty" if git is not None and git.dirty else ""
     tags = [f"{name}:{docker_tag(project.revision)}{dirty}"]
     if git is not None:

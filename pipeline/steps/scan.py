@@ -69,7 +69,7 @@ def _is_loopback(repository: str | None) -> bool:
 
 def trivy_cache(settings: ScanSettings) -> CacheMount:
     """Trivy's cache, one per database repository, so that a database from
-    one repository never stands in for another that cannot be reached."""
+    one repository never replaces another that cannot be reached."""
     key = hashlib.sha256(settings.db_repository.encode()).hexdigest()[:12]
     return CacheMount(f"trivy-{key}", TRIVY_CACHE_PATH)
 

@@ -50,7 +50,7 @@ REPORT_WIDTH = 100
 
 
 class PipelineFailed(Exception):
-    """A step failed or the pipeline rejected its input. The message says which."""
+    """A step failed or the pipeline rejected its input. The message names which."""
 
 
 @dataclass
