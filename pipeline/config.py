@@ -287,6 +287,208 @@ class ScanSettings(Section):
         return items
 
 
+# Secret references that settings may hold: the value itself never does.
+SECRET_REFERENCE = re.compile(r"(?:env://[A-Za-z_][A-Za-z0-9_]*|file://\S+)")
+ENVIRONMENT_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+# Docker service and Kubernetes object names (RFC 1123 labels).
+OBJECT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def check_secret_reference(value: str) -> str:
+    if SECRET_REFERENCE.fullmatch(value):
+        return value
+    raise ValueError(
+        "not a secret reference; write env://VARIABLE or file://PATH, and keep "
+        "the value itself out of settings files"
+    )
+
+
+def check_object_name(value: str) -> str:
+    if OBJECT_NAME.fullmatch(value):
+        return value
+    raise ValueError(
+        "not a valid name: use at most 63 lowercase letters, digits and '-', "
+        "starting and ending with a letter or digit"
+    )
+
+
+def check_health_path(value: str) -> str:
+    if value.startswith("/") and not any(c.isspace() for c in value):
+        return value
+    raise ValueError("write an absolute URL path such as '/health'")
+
+
+def check_url(value: str) -> str:
+    if re.fullmatch(r"https?://[^\s/]+(?:/\S*)?", value):
+        return value.rstrip("/")
+    raise ValueError("write an http:// or https:// URL such as 'https://app.example.com'")
+
+
+SecretReference = Annotated[str, AfterValidator(check_secret_reference)]
+ObjectName = Annotated[str, AfterValidator(check_object_name)]
+HealthPath = Annotated[str, AfterValidator(check_health_path)]
+Url = Annotated[str, AfterValidator(check_url)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class PublishSettings(Section):
+    latest: Literal["release", "always", "never"] = Field(
+        "release",
+        description="When the `latest` tag is pushed: for release tags "
+        "(vX.Y.Z) only, on every publish, or never.",
+    )
+    sbom: bool = Field(
+        True, description="Write a CycloneDX SBOM of each published image."
+    )
+    attempts: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description="Attempts per registry request on a transient error (5xx, "
+        "connection reset), with exponential backoff between them.",
+    )
+
+
+class RegistrySettings(Section):
+    repository: RepositoryName = Field(
+        description="Repository the images are pushed to, as "
+        "`host[:port]/path/name`, without a tag."
+    )
+    username: str | None = Field(
+        None,
+        description="Registry user name, or a secret reference (env://VARIABLE, "
+        "file://PATH) to it.",
+    )
+    password: SecretReference | None = Field(
+        None,
+        description="Secret reference (env://VARIABLE or file://PATH) to the "
+        "registry password or token; never the value itself.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Talk plain HTTP to the registry. Loopback registries "
+        "(127.0.0.1, localhost) always use HTTP.",
+    )
+
+
+class SwarmSettings(Section):
+    kind: Literal["swarm"] = Field(description="`swarm`: a Docker Swarm service.")
+    service: ObjectName | None = Field(
+        None, description="Service name; defaults to `<image name>-<environment>`."
+    )
+    docker_host: str | None = Field(
+        None,
+        description="Docker Engine of a swarm manager (as DOCKER_HOST); "
+        "defaults to the local engine.",
+    )
+    port: Port = Field(8080, description="Port the application listens on in the container.")
+    publish: Literal["ingress", "proxy"] = Field(
+        "ingress",
+        description="`ingress`: publish through the routing mesh. `proxy`: DNS "
+        "round robin on an overlay network behind a reverse proxy container "
+        "(for swarms without IPVS).",
+    )
+    published_port: Port | None = Field(
+        None, description="Port published on the hosts (ingress) or by the proxy."
+    )
+    proxy_bind: str = Field(
+        "127.0.0.1", description="Host address the proxy publishes its port on."
+    )
+    proxy_image: ImageReference = Field(
+        "haproxy:2.6", description="HAProxy image of the reverse proxy."
+    )
+    network: ObjectName | None = Field(
+        None, description="Overlay network of the service; defaults to `<service>-net`."
+    )
+    update_delay: float = Field(
+        2, ge=0, description="Seconds between updating one task and the next."
+    )
+    monitor: float = Field(
+        10,
+        gt=0,
+        description="Seconds a new task is watched after it starts; a failure "
+        "in that time rolls the update back.",
+    )
+    timeout: float = Field(
+        300, gt=0, description="Seconds to wait for the service to converge."
+    )
+
+
+class KubernetesSettings(Section):
+    kind: Literal["kubernetes"] = Field(description="`kubernetes`: a Deployment and a Service.")
+    name: ObjectName | None = Field(
+        None, description="Deployment and Service name; defaults to `<image name>`."
+    )
+    namespace: ObjectName = Field("default", description="Namespace.")
+    context: str | None = Field(None, description="kubeconfig context; defaults to the current one.")
+    kubeconfig: str | None = Field(None, description="kubeconfig file; defaults to kubectl's.")
+    port: Port = Field(8080, description="Port the application listens on in the container.")
+    service_port: Port = Field(80, description="Port of the Service.")
+    cpu_request: str = Field("100m", description="CPU request of each pod.")
+    cpu_limit: str = Field("500m", description="CPU limit of each pod.")
+    memory_request: str = Field("128Mi", description="Memory request of each pod.")
+    memory_limit: str = Field("256Mi", description="Memory limit of each pod.")
+    kubernetes_version: str = Field(
+        "1.31.0",
+        pattern=r"^\d+\.\d+\.\d+$",
+        description="Kubernetes version the manifests are validated against.",
+    )
+    timeout: float = Field(
+        300, gt=0, description="Seconds `kubectl rollout status` waits."
+    )
+
+
+DeployTarget = Annotated[SwarmSettings | KubernetesSettings, Field(discriminator="kind")]
+
+
+class EnvironmentSettings(Section):
+    registry: RegistrySettings = Field(description="Where images for this environment are pushed.")
+    target: DeployTarget = Field(description="Where the environment runs.")
+    replicas: int = Field(2, ge=1, description="Number of running copies.")
+    url: Url | None = Field(
+        None,
+        description="Public URL; the deploy checks `url` + `health_path` after "
+        "the rollout.",
+    )
+    health_path: HealthPath = Field("/health", description="Health check path of the service.")
+    secrets: dict[str, SecretReference] = Field(
+        default_factory=dict,
+        description="Secrets the service reads from /run/secrets/NAME: NAME to "
+        "a secret reference (env://VARIABLE or file://PATH).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Plain environment variables of the service."
+    )
+    approval: bool = Field(
+        False,
+        description="Deploys need `--approved-by NAME` or PIPELINE_APPROVED_BY.",
+    )
+    release_tags: list[str] = Field(
+        default_factory=list,
+        description="Git tag patterns (fnmatch, such as `v*`) that `pipeline "
+        "release` deploys to this environment.",
+    )
+
+    @field_validator("secrets", "env")
+    @classmethod
+    def _check_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not BUILD_ARG_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(
+                "invalid name " + ", ".join(repr(name) for name in bad)
+                + "; use letters, digits and '_', not starting with a digit"
+            )
+        return value
+
+
+class AuditSettings(Section):
+    path: str = Field(
+        ".pipeline/audit.jsonl",
+        description="File the audit trail appends to: relative to the project, "
+        "or absolute.",
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of a run. Field descriptions are the help text."""
 
@@ -319,6 +521,26 @@ class Settings(BaseSettings):
     test: PytestSettings = Field(default_factory=lambda: PytestSettings())
     build: BuildSettings = Field(default_factory=lambda: BuildSettings())
     scan: ScanSettings = Field(default_factory=lambda: ScanSettings())
+    publish: PublishSettings = Field(default_factory=lambda: PublishSettings())
+    environments: dict[str, EnvironmentSettings] = Field(
+        default_factory=dict,
+        description="Deploy environments by name, such as dev, staging and prod.",
+    )
+    audit: AuditSettings = Field(default_factory=lambda: AuditSettings())
+
+    @field_validator("environments")
+    @classmethod
+    def _check_environment_names(
+        cls, value: dict[str, EnvironmentSettings]
+    ) -> dict[str, EnvironmentSettings]:
+        bad = [name for name in value if not ENVIRONMENT_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(
+                "invalid environment name " + ", ".join(repr(name) for name in bad)
+                + "; use up to 32 lowercase letters, digits and '-', starting "
+                "with a letter"
+            )
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -576,6 +798,15 @@ def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+def _holds_secret(loc: tuple[str | int, ...]) -> bool:
+    """Whether the setting at loc takes a secret reference, so that an
+    invalid value there may be a secret and must not be printed."""
+    keys = [part for part in loc if isinstance(part, str)]
+    return (len(keys) >= 2 and keys[-2:] == ["registry", "password"]) or (
+        len(keys) >= 3 and keys[0] == "environments" and keys[2] == "secrets"
+    )
+
+
 def describe_validation_error(exc: ValidationError, layers: list[FileLayer]) -> str:
     lines = []
     for error in exc.errors():
@@ -596,6 +827,9 @@ def describe_validation_error(exc: ValidationError, layers: list[FileLayer]) -> 
         # message names the item by its index.
         index = loc[-1]
         value_text = repr(value)
+        if _holds_secret(loc):
+            # A value put where a reference belongs may be the secret itself.
+            value_text = "a value that is not shown"
         if isinstance(index, int):
             value_text = f"item {index} is {value_text}"
         lines.append(
@@ -841,16 +1075,37 @@ def resolve_ca_bundle(settings: Settings, project_dir: Path) -> Path | None:
     return _configured_ca_bundle(settings.ca_bundle, project_dir, origin)
 
 
+# The default shown for a setting that has none and must be given.
+REQUIRED = object()
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def iter_fields(
     model: type[BaseModel] = Settings, prefix: str = ""
 ) -> Iterator[tuple[str, Any, str]]:
     """Yield every setting as (dotted key, default, help text)."""
     for name, info in model.model_fields.items():
         annotation = info.annotation
+        args = typing.get_args(annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from iter_fields(annotation, f"{prefix}{name}.")
+        elif typing.get_origin(annotation) is dict and _is_model(args[1]):
+            # A table of named tables, such as environments.NAME.
+            yield f"{prefix}{name}", {}, info.description or ""
+            yield from iter_fields(args[1], f"{prefix}{name}.NAME.")
+        elif args and all(_is_model(arg) for arg in args):
+            # A choice of tables told apart by their `kind`.
+            for arg in args:
+                yield from iter_fields(arg, f"{prefix}{name}.")
         else:
-            default = info.get_default(call_default_factory=True)
+            default = (
+                REQUIRED
+                if info.is_required()
+                else info.get_default(call_default_factory=True)
+            )
             yield f"{prefix}{name}", default, info.description or ""
 
 
@@ -862,7 +1117,10 @@ def reference_table() -> str:
     ]
     for key, default, help_text in iter_fields():
         variable = env_var_name(tuple(key.split(".")))
-        shown = "(unset)" if default is None else f"`{json.dumps(default)}`"
+        if default is REQUIRED:
+            shown = "(required)"
+        else:
+            shown = "(unset)" if default is None else f"`{json.dumps(default)}`"
         rows.append(f"| `{key}` | `{variable}` | {shown} | {help_text} |")
     return "\n".join(rows) + "\n"
 

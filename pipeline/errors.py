@@ -5,6 +5,8 @@
     │   └── ConfigError  2   invalid settings file or PIPELINE_* variable
     ├── NoEngineError   69   no container engine answers (EX_UNAVAILABLE)
     ├── StepFailed       1   a step ran and failed
+    │   ├── PublishFailed 1  a push failed; names the tags that exist
+    │   └── DeployFailed  1  a rollout failed; says whether it was rolled back
     └── Interrupted    130   Ctrl-C or SIGINT
 
 Anything else that escapes is a bug and is shown with its traceback.
@@ -38,6 +40,27 @@ class NoEngineError(PipelineError):
 
 class StepFailed(PipelineError):
     exit_code = 1
+
+
+class PublishFailed(StepFailed):
+    """A push failed. ``existing_tags`` are the tags the registry has now."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, existing_tags: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.existing_tags = existing_tags
+
+
+class DeployFailed(StepFailed):
+    """A rollout failed. ``rolled_back`` is true when the previous image
+    serves again."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, rolled_back: bool = False
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.rolled_back = rolled_back
 
 
 class Interrupted(PipelineError):

@@ -171,3 +171,37 @@ class BuildOutput:
     tags: tuple[str, ...]
     log_file: Path | None = None
     builder_started: bool = True
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    """A push of a built local image to a registry.
+
+    The backend checks the credentials before it pushes anything, pushes
+    the manifest by digest first, then points each tag at that digest.
+    ``username`` is a plain name or a reference; ``password`` is always a
+    reference, resolved only when the backend talks to the registry.
+    """
+
+    name: str
+    image: str
+    repository: str
+    tags: tuple[str, ...]
+    username: SecretRef | str | None = None
+    password: SecretRef | None = None
+    insecure: bool = False
+    attempts: int = 4
+    log_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class PublishOutput:
+    """What a publish left in the registry.
+
+    ``reference`` is ``repository@sha256:...``, the only form deploys use.
+    ``tags`` are the tags that point at the digest now.
+    """
+
+    digest: str
+    reference: str
+    tags: tuple[str, ...]
