@@ -6,7 +6,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Protocol
 
-from ..spec import BuildOutput, BuildSpec, ExecResult, StepSpec
+from ..spec import BuildOutput, BuildSpec, ExecResult, PublishOutput, PublishSpec, StepSpec
 
 StepOutputCallback = Callable[[str], None]
 
@@ -39,6 +39,14 @@ class Backend(Protocol):
 
         A backend may stream the output to ``spec.log_file`` and name that
         file in ``BuildOutput.log_file``.
+        """
+        ...
+
+    async def publish(self, spec: PublishSpec, on_output: StepOutputCallback) -> PublishOutput:
+        """Push a built image to a registry: manifest by digest, then the tags.
+
+        Checks the credentials before anything is pushed. Raises
+        PublishFailed, naming the tags that exist, when a push fails midway.
         """
         ...
 
