@@ -18,17 +18,23 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from . import __version__
+from .audit import Trail
 from .backends import ENGINE_CHOICES, Backend, choose_engine, open_backend
+from .config import load_settings
+from .deploy import APPROVED_BY_ENV, Deployer
+from .deploy.base import Outcome
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     Interrupted,
     PipelineError,
     StepFailed,
+    UsageError,
 )
 from .graph import plan
 from .reports import github_annotations, gitlab_sections
 from .results import Status, StepResult
+from .secrets import Redactor
 from .run import Prepared, RunRecord, execute, prepare, write_record
 from .scaffold import DEFAULT_MODULE, DEFAULT_REQUIREMENT, Wrappers, init_project
 from .steps import build as build_step
@@ -284,6 +290,131 @@ def init(path: Path, wrappers: str, module: str, requirement: str, force: bool) 
     outcomes = init_project(path, Wrappers(wrappers), module, requirement, force)
     for outcome in outcomes:
         click.echo(outcome.describe())
+
+
+def deploy_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option(
+        "-C",
+        "--project",
+        "project_path",
+        type=click.Path(path_type=Path),
+        default=".",
+        show_default=True,
+        help="Project whose settings name the environments.",
+    )(function)
+    function = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(path_type=Path),
+        help="Settings file (pipeline.toml, or a pyproject.toml with [tool.pipeline]).",
+    )(function)
+    function = click.option(
+        "--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout."
+    )(function)
+    return function
+
+
+def approval_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--approved-by",
+        metavar="NAME",
+        envvar=APPROVED_BY_ENV,
+        help=f"Who approved the deploy; needed where the environment sets "
+        f"`approval` (or set {APPROVED_BY_ENV}).",
+    )(function)
+
+
+def _deployer(project_path: Path, config_file: Path | None) -> Deployer:
+    # Deploys read only the settings; the folder need not be a Python project.
+    root = project_path.resolve()
+    if not root.is_dir():
+        raise UsageError(
+            f"project folder not found: {project_path}",
+            hint="pass the folder that holds the settings with -C PATH",
+        )
+    settings = load_settings(root, config_file).settings
+    redactor = Redactor()
+
+    def progress(message: str) -> None:
+        stderr.print(escape(redactor(message)), highlight=False, soft_wrap=True)
+
+    trail = Trail.for_project(root, settings.audit.path, redactor, echo=progress)
+    return Deployer(root, settings, redactor, trail, progress)
+
+
+def _print_outcome(action: str, environment: str, outcome: Outcome, as_json: bool) -> None:
+    verb = {"deployed": "now runs", "unchanged": "already ran", "rolled_back": "rolled back to"}
+    stderr.print(
+        f"{action}: {escape(environment)} {verb[outcome.status]} {escape(outcome.image)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "action": action,
+                    "environment": environment,
+                    "status": outcome.status,
+                    "image": outcome.image,
+                    "previous": outcome.previous,
+                    "detail": outcome.detail,
+                },
+                indent=2,
+            )
+        )
+
+
+@cli.command()
+@click.argument("image", metavar="IMAGE@DIGEST")
+@click.option("--env", "environment", required=True, metavar="NAME", help="Environment to deploy to.")
+@approval_option
+@deploy_options
+def deploy(
+    image: str,
+    environment: str,
+    approved_by: str | None,
+    project_path: Path,
+    config_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Roll a published image out to an environment.
+
+    IMAGE@DIGEST is REPOSITORY@sha256:..., as `pipeline publish` prints it;
+    tags are refused, so that every environment names the very image it runs.
+    """
+    deployer = _deployer(project_path, config_file)
+    outcome = deployer.deploy(environment, image, approved_by)
+    _print_outcome("deploy", environment, outcome, as_json)
+
+
+@cli.command()
+@click.option("--from", "source", required=True, metavar="NAME", help="Environment whose image is promoted.")
+@click.option("--to", "destination", required=True, metavar="NAME", help="Environment that receives it.")
+@approval_option
+@deploy_options
+def promote(
+    source: str,
+    destination: str,
+    approved_by: str | None,
+    project_path: Path,
+    config_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Deploy the digest that one environment runs to another, without a rebuild."""
+    deployer = _deployer(project_path, config_file)
+    outcome = deployer.promote(source, destination, approved_by)
+    _print_outcome("promote", destination, outcome, as_json)
+
+
+@cli.command()
+@click.option("--env", "environment", required=True, metavar="NAME", help="Environment to roll back.")
+@deploy_options
+def rollback(environment: str, project_path: Path, config_file: Path | None, as_json: bool) -> None:
+    """Return an environment to the image it ran before its last deploy."""
+    deployer = _deployer(project_path, config_file)
+    outcome = deployer.rollback(environment)
+    _print_outcome("rollback", environment, outcome, as_json)
 
 
 def main() -> None:

@@ -1,0 +1,225 @@
+"""Deploys, promotions and rollbacks of published images to environments.
+
+The CLI and the Dagger module call ``Deployer``; the targets (``swarm``,
+``kubernetes``) only roll images out. Everything that decides whether a
+deploy may happen (the environment exists, the image is a digest in the
+environment's registry, an approval is given where needed) runs here, before
+a target is touched, and every attempt ends as one line of the audit trail.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..audit import Entry, Trail
+from ..config import REPOSITORY_NAME, EnvironmentSettings, Settings
+from ..errors import DeployFailed, UsageError
+from ..secrets import Redactor, resolve
+from ..spec import SecretRef
+from .base import Outcome, Progress, Release, Target
+
+APPROVED_BY_ENV = "PIPELINE_APPROVED_BY"
+DIGEST_REFERENCE = re.compile(
+    rf"(?P<repository>{REPOSITORY_NAME.pattern})@(?P<digest>sha256:[0-9a-f]{{64}})"
+)
+
+
+def environment(settings: Settings, name: str) -> EnvironmentSettings:
+    """The settings of one environment, or a UsageError that lists the others."""
+    try:
+        return settings.environments[name]
+    except KeyError:
+        known = ", ".join(sorted(settings.environments)) or "none"
+        raise UsageError(
+            f"unknown environment {name!r}; configured environments: {known}",
+            hint="add it as [environments." + name + "] to the settings, or "
+            "pick one of those",
+        ) from None
+
+
+def check_reference(image: str, name: str, env: EnvironmentSettings) -> str:
+    """Accept only ``repository@sha256:<64 hex>`` in the environment's registry."""
+    match = DIGEST_REFERENCE.fullmatch(image)
+    if match is None:
+        raise UsageError(
+            f"{image!r} is not an image digest reference",
+            hint="deploy by digest, as REPOSITORY@sha256:<64 hex digits>; "
+            "`pipeline publish` prints it and records it in run.json",
+        )
+    if match["repository"] != env.registry.repository:
+        raise UsageError(
+            f"image {image!r} is not in the registry of environment {name!r} "
+            f"({env.registry.repository})",
+            hint=f"publish it with `pipeline publish --env {name}`, or promote "
+            "it from the environment that runs it",
+        )
+    return image
+
+
+def approval(name: str, env: EnvironmentSettings, approved_by: str | None) -> str | None:
+    """Return who approved, raising UsageError when the environment needs it."""
+    approved_by = (approved_by or "").strip() or None
+    if env.approval and approved_by is None:
+        raise UsageError(
+            f"environment {name!r} needs an approval, and none was given",
+            hint=f"pass --approved-by NAME or set {APPROVED_BY_ENV} to the "
+            "person who approved this deploy",
+        )
+    return approved_by
+
+
+def resource_name(name: str, env: EnvironmentSettings) -> str:
+    """The Swarm service or Kubernetes object the environment runs as."""
+    target = env.target
+    if target.kind == "swarm" and target.service:
+        return target.service
+    if target.kind == "kubernetes" and target.name:
+        return target.name
+    base = env.registry.repository.rsplit("/", 1)[-1]
+    base = re.sub(r"[^a-z0-9-]+", "-", base).strip("-") or "app"
+    if target.kind == "swarm":
+        return f"{base}-{name}"[:63].rstrip("-")
+    return base[:63].rstrip("-")
+
+
+def open_target(env: EnvironmentSettings, name: str, environment_name: str, project: Path) -> Target:
+    """Connect to the environment's orchestrator (imported only when used)."""
+    if env.target.kind == "swarm":
+        from .swarm import SwarmTarget
+
+        return SwarmTarget(env.target, name, environment_name)
+    from .kubernetes import KubernetesTarget
+
+    return KubernetesTarget(env.target, name, environment_name, project)
+
+
+@dataclass
+class Deployer:
+    """Deploys, promotes and rolls back, writing the audit trail as it goes."""
+
+    project: Path
+    settings: Settings
+    redactor: Redactor
+    trail: Trail
+    progress: Progress
+    # Replaced in tests that need no orchestrator; the CLI keeps the default.
+    connect: Callable[[EnvironmentSettings, str, str, Path], Target] = open_target
+
+    def deploy(
+        self, name: str, image: str, approved_by: str | None, action: str = "deploy",
+        detail: str = "",
+    ) -> Outcome:
+        env = environment(self.settings, name)
+        check_reference(image, name, env)
+        entry = Entry("deploy" if action == "deploy" else "promote", name, image, detail=detail)
+        try:
+            entry.approval = approval(name, env, approved_by)
+        except UsageError:
+            entry.result = "refused"
+            entry.detail = "no approval"
+            self.trail.append(entry)
+            raise
+        release = self._release(name, env, image)
+        target = self.connect(env, release.name, name, self.project)
+        return self._roll_out(target, entry, lambda: target.deploy(release, self.progress))
+
+    def promote(self, source: str, destination: str, approved_by: str | None) -> Outcome:
+        """Deploy to ``destination`` the digest that ``source`` runs now."""
+        source_env = environment(self.settings, source)
+        destination_env = environment(self.settings, destination)
+        if source == destination:
+            raise UsageError(
+                f"cannot promote {source!r} to itself", hint="name two environments"
+            )
+        current = self.connect(
+            source_env, resource_name(source, source_env), source, self.project
+        ).current_image()
+        if current is None:
+            raise UsageError(
+                f"nothing runs in environment {source!r}, so there is nothing to promote",
+                hint=f"deploy to {source} first",
+            )
+        match = DIGEST_REFERENCE.fullmatch(current)
+        if match is None:
+            raise UsageError(
+                f"environment {source!r} runs {current!r}, which is not a digest "
+                "reference, so the very same image cannot be promoted",
+                hint=f"redeploy {source} by digest with `pipeline deploy`",
+            )
+        image = f"{destination_env.registry.repository}@{match['digest']}"
+        if match["repository"] != destination_env.registry.repository:
+            raise UsageError(
+                f"{source!r} pulls from {match['repository']} but {destination!r} "
+                f"from {destination_env.registry.repository}",
+                hint="promote between environments that share a registry "
+                "repository, or publish to the destination's registry",
+            )
+        return self.deploy(
+            destination, image, approved_by, action="promote", detail=f"from {source}"
+        )
+
+    def rollback(self, name: str) -> Outcome:
+        env = environment(self.settings, name)
+        target = self.connect(env, resource_name(name, env), name, self.project)
+        entry = Entry("rollback", name, None)
+        return self._roll_out(target, entry, lambda: target.rollback(self.progress))
+
+    def _release(self, name: str, env: EnvironmentSettings, image: str) -> Release:
+        secrets = {
+            key: resolve(SecretRef(key, uri), self.redactor)
+            for key, uri in env.secrets.items()
+        }
+        return Release(
+            environment=name,
+            settings=env,
+            name=resource_name(name, env),
+            image=image,
+            secrets=secrets,
+            registry_auth=self._registry_auth(env),
+        )
+
+    def _registry_auth(self, env: EnvironmentSettings) -> tuple[str, str] | None:
+        registry = env.registry
+        if registry.password is None:
+            return None
+        password = resolve(SecretRef("registry password", registry.password), self.redactor)
+        username = registry.username or ""
+        if re.match(r"(env|file)://", username):
+            username = resolve(SecretRef("registry username", username), self.redactor)
+        return username.strip(), password.strip()
+
+    def _roll_out(self, target: Target, entry: Entry, action: Callable[[], Outcome]) -> Outcome:
+        """Run a deploy or rollback and append its line, whatever the result."""
+        start = time.monotonic()
+        try:
+            entry.previous = target.current_image()
+            outcome = action()
+        except DeployFailed as exc:
+            entry.result = "rolled_back" if exc.rolled_back else "failed"
+            entry.detail = _join(entry.detail, exc.message)
+            raise
+        except UsageError as exc:
+            entry.result = "refused"
+            entry.detail = _join(entry.detail, exc.message)
+            raise
+        except BaseException as exc:
+            entry.result = "failed"
+            entry.detail = _join(entry.detail, getattr(exc, "message", "") or type(exc).__name__)
+            raise
+        else:
+            entry.image = outcome.image
+            if outcome.previous is not None:
+                entry.previous = outcome.previous
+            entry.detail = _join(entry.detail, outcome.detail)
+            return outcome
+        finally:
+            entry.duration_s = round(time.monotonic() - start, 2)
+            self.trail.append(entry)
+
+
+def _join(first: str, second: str) -> str:
+    return "; ".join(part for part in (first, second) if part)

@@ -1,0 +1,161 @@
+"""What `pipeline deploy`, `promote` and `rollback` refuse before they touch a
+target, and the audit line each refusal leaves. The refusals need no engine:
+they must happen before any orchestrator is contacted."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from conftest import ProjectFactory, RunCli
+from pipeline.audit import Entry, Trail, actor
+from pipeline.secrets import Redactor
+
+DIGEST = "sha256:" + "ab" * 32
+SETTINGS = """
+[environments.staging]
+registry = { repository = "127.0.0.1:5001/shop" }
+target = { kind = "swarm", publish = "proxy", published_port = 18080 }
+
+[environments.prod]
+registry = { repository = "127.0.0.1:5001/shop" }
+target = { kind = "swarm" }
+approval = true
+"""
+
+
+@pytest.fixture
+def project(project_factory: ProjectFactory) -> Path:
+    return project_factory({"pipeline.toml": SETTINGS, "app.py": "X = 1\n"})
+
+
+def audit_lines(project: Path) -> list[dict[str, object]]:
+    path = project / ".pipeline" / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_unknown_environment_names_the_configured_ones(project: Path, run_cli: RunCli) -> None:
+    result = run_cli("deploy", "--env", "qa", "-C", str(project), f"127.0.0.1:5001/shop@{DIGEST}")
+
+    assert result.returncode == 2
+    assert "unknown environment 'qa'" in result.stderr
+    assert "prod, staging" in result.stderr
+    assert audit_lines(project) == []
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("127.0.0.1:5001/shop:1.4.0", "not an image digest reference"),
+        ("127.0.0.1:5001/shop@sha256:abc", "not an image digest reference"),
+        (f"127.0.0.1:5001/other@{DIGEST}", "not in the registry of environment 'staging'"),
+    ],
+)
+def test_images_that_are_not_digests_in_the_registry_are_refused(
+    project: Path, run_cli: RunCli, image: str, message: str
+) -> None:
+    result = run_cli("deploy", "--env", "staging", "-C", str(project), image)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert audit_lines(project) == []
+
+
+def test_deploy_without_approval_is_refused_and_recorded(
+    project: Path, run_cli: RunCli
+) -> None:
+    image = f"127.0.0.1:5001/shop@{DIGEST}"
+
+    result = run_cli(
+        "deploy", "--env", "prod", "-C", str(project), image,
+        env={"PIPELINE_ACTOR": "release-bot", "PIPELINE_APPROVED_BY": ""},
+    )
+
+    assert result.returncode == 2
+    assert "needs an approval" in result.stderr
+    assert "--approved-by" in result.stderr
+    [line] = audit_lines(project)
+    assert line["action"] == "deploy"
+    assert line["environment"] == "prod"
+    assert line["result"] == "refused"
+    assert line["image"] == image
+    assert line["actor"] == "release-bot"
+    assert line["approval"] is None
+    # The line also reached the log.
+    assert '"result":"refused"' in result.stderr
+
+
+def test_promote_to_itself_is_refused(project: Path, run_cli: RunCli) -> None:
+    result = run_cli("promote", "--from", "staging", "--to", "staging", "-C", str(project))
+
+    assert result.returncode == 2
+    assert "cannot promote 'staging' to itself" in result.stderr
+
+
+def test_rollback_of_unknown_environment(project: Path, run_cli: RunCli) -> None:
+    result = run_cli("rollback", "--env", "nowhere", "-C", str(project))
+
+    assert result.returncode == 2
+    assert "unknown environment 'nowhere'" in result.stderr
+
+
+def test_literal_password_in_settings_is_refused_unprinted(
+    project_factory: ProjectFactory, run_cli: RunCli
+) -> None:
+    settings = SETTINGS.replace(
+        'repository = "127.0.0.1:5001/shop" }',
+        'repository = "127.0.0.1:5001/shop", password = "Zq8vL2mXk4" }',
+        1,
+    )
+    root = project_factory({"pipeline.toml": settings})
+
+    result = run_cli("deploy", "--env", "staging", "-C", str(root), f"127.0.0.1:5001/shop@{DIGEST}")
+
+    assert result.returncode == 2
+    assert "environments.staging.registry.password" in result.stderr
+    assert "env://VARIABLE or file://PATH" in result.stderr
+    assert "Zq8vL2mXk4" not in result.output
+
+
+def _append_many(path: str, worker: int) -> None:
+    trail = Trail(Path(path), Redactor(), Path(path).parent)
+    for number in range(200):
+        trail.append(Entry("deploy", "staging", f"img@{worker}-{number}", detail="x" * 500, actor="t"))
+
+
+def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    workers = [multiprocessing.Process(target=_append_many, args=(str(path), n)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+
+    lines = path.read_text().splitlines()
+    assert len(lines) == 800
+    images = {json.loads(line)["image"] for line in lines}
+    assert len(images) == 800
+
+
+def test_trail_redacts_secrets_and_names_the_actor(tmp_path: Path) -> None:
+    redactor = Redactor()
+    redactor.add("s3cr3t-Token-77")
+    trail = Trail(tmp_path / "audit.jsonl", redactor, tmp_path)
+
+    line = trail.append(Entry("publish", None, "r@x", detail="login with s3cr3t-Token-77 failed"))
+
+    assert "s3cr3t-Token-77" not in line
+    assert "s3cr3t-Token-77" not in (tmp_path / "audit.jsonl").read_text()
+    assert json.loads(line)["detail"] == "login with *** failed"
+    assert json.loads(line)["actor"]
+
+
+def test_actor_prefers_the_ci_user(tmp_path: Path) -> None:
+    assert actor(tmp_path, {"GITHUB_ACTOR": "octo", "GITLAB_USER_LOGIN": "gl"}) == "octo"
+    assert actor(tmp_path, {"GITLAB_USER_LOGIN": "gl"}) == "gl"
+    assert actor(tmp_path, {}) != ""
