@@ -505,7 +505,8 @@ class Settings(BaseSettings):
     reports_dir: str = Field(
         ".pipeline/reports",
         description="Folder that receives the reports, relative to the project "
-        "and inside it.",
+        "and inside it. PIPELINE_REPORTS_DIR and the user config may also give "
+        "an absolute path.",
     )
     ca_bundle: str | None = Field(
         None,
@@ -957,6 +958,15 @@ def _path_problem(value: str, project_dir: Path, loc: tuple[str, ...]) -> str | 
     return None
 
 
+def _host_origin(origin: str) -> bool:
+    """Whether a value came from the host (a variable, the user config or a
+    flag) rather than from the project's own files."""
+    return origin.startswith("environment variable") or origin in (
+        str(user_config_path()),
+        "command-line options",
+    )
+
+
 def check_paths(
     settings: Settings, project_dir: Path, layers: Sequence[FileLayer] = ()
 ) -> None:
@@ -968,11 +978,16 @@ def check_paths(
         value = _setting(settings, loc)
         if value is None:
             continue
+        origin = _origin(loc, layers)
+        if loc == ("reports_dir",) and Path(value).is_absolute() and _host_origin(origin):
+            # The CI job or the user, not the project, chose a folder
+            # outside it (GitLab keeps artifacts only under $CI_PROJECT_DIR).
+            continue
         problem = _path_problem(value, root, loc)
         if problem is not None:
             key = ".".join(loc)
             lines.append(
-                f"invalid value for '{key}' in {_origin(loc, layers)}: "
+                f"invalid value for '{key}' in {origin}: "
                 f"{value!r} ({problem})"
             )
     if lines:

@@ -536,3 +536,43 @@ def test_docker_cli_not_from_project(project_factory: ProjectFactory) -> None:
     assert "'docker_cli' cannot be set in the project's settings" in caught.value.message
     assert caught.value.hint is not None
     assert "PIPELINE_DOCKER_CLI" in caught.value.hint
+
+
+def test_absolute_reports_dir_from_the_host_accepted(
+    project_factory: ProjectFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # GitLab keeps artifacts only under $CI_PROJECT_DIR, so a CI job points
+    # the reports of a subproject there with PIPELINE_REPORTS_DIR.
+    root = project_factory({"requirements.txt": ""})
+    target = str(tmp_path / "ci-reports")
+    monkeypatch.setenv("PIPELINE_REPORTS_DIR", target)
+
+    assert load_settings(root).settings.reports_dir == target
+
+
+def test_absolute_reports_dir_from_the_project_rejected(
+    project_factory: ProjectFactory, tmp_path: Path
+) -> None:
+    target = str(tmp_path / "elsewhere")
+    root = project_factory(
+        {"requirements.txt": "", "pipeline.toml": f"reports_dir = {json.dumps(target)}\n"}
+    )
+
+    message = config_error(root)
+
+    assert "'reports_dir'" in message
+    assert "absolute path" in message
+
+
+def test_environment_settings_validated(project_factory: ProjectFactory) -> None:
+    settings = (
+        "[environments.Staging]\n"
+        'registry = { repository = "127.0.0.1:5001/shop" }\n'
+        'target = { kind = "nomad" }\n'
+    )
+    root = project_factory({"requirements.txt": "", "pipeline.toml": settings})
+
+    message = config_error(root)
+
+    assert "environments.Staging.target" in message
+    assert "'swarm', 'kubernetes'" in message
