@@ -20,12 +20,16 @@ from conftest import REPO_ROOT
 from pipeline.reports import markdown
 from wrapper_checks import (
     GITLAB_REPORTS,
+    RELEASE_STAGES,
     REPORTS,
+    STAGES,
     Script,
     check_actionlint,
     check_dagger_commands,
     check_github_workflow,
+    check_deploy_workflow,
     check_gitlab_ci,
+    check_gitlab_release,
     check_jsonschema,
     check_only_pipeline_or_dagger,
     check_pipeline_commands,
@@ -43,14 +47,16 @@ if str(REPO_ROOT / "tests" / "dagger") not in sys.path:
 pytest_plugins = ["dagger_fixtures"]
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "ci.yml"
+DEPLOY_WORKFLOW = REPO_ROOT / ".github" / "workflows" / "deploy.yml"
 GITLAB_CI = REPO_ROOT / ".gitlab-ci.yml"
 
 
 # -- this repository's wrappers ---------------------------------------------------
 
 
-def test_github_workflow_schema() -> None:
-    result = check_jsonschema(WORKFLOW, "vendor.github-workflows")
+@pytest.mark.parametrize("workflow", [WORKFLOW, DEPLOY_WORKFLOW], ids=["ci", "deploy"])
+def test_github_workflow_schema(workflow: Path) -> None:
+    result = check_jsonschema(workflow, "vendor.github-workflows")
 
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -71,8 +77,26 @@ def test_gitlab_schema_rejects_invalid(tmp_path: Path) -> None:
     assert "'code_quality' was unexpected" in result.stdout
 
 
-def test_github_workflow_actionlint() -> None:
-    check_actionlint(WORKFLOW)
+@pytest.mark.parametrize("workflow", [WORKFLOW, DEPLOY_WORKFLOW], ids=["ci", "deploy"])
+def test_github_workflow_actionlint(workflow: Path) -> None:
+    check_actionlint(workflow)
+
+
+def test_github_deploy_workflow_settings() -> None:
+    check_deploy_workflow(DEPLOY_WORKFLOW)
+
+
+def test_github_release_job() -> None:
+    release = load_yaml(WORKFLOW)["jobs"]["release"]
+
+    assert release["if"] == "startsWith(github.ref, 'refs/tags/v')"
+    assert set(release["needs"]) == {"pipeline", "unit-tests"}
+    assert release["environment"]["name"] == "staging"
+    assert release["concurrency"]["cancel-in-progress"] is False
+
+
+def test_gitlab_release_jobs() -> None:
+    check_gitlab_release(GITLAB_CI)
 
 
 def test_github_workflow_settings() -> None:
@@ -96,7 +120,7 @@ def test_github_summary_from_reports() -> None:
 
 
 def test_gitlab_ci_settings() -> None:
-    check_gitlab_ci(GITLAB_CI, GITLAB_REPORTS)
+    check_gitlab_ci(GITLAB_CI, GITLAB_REPORTS, STAGES + RELEASE_STAGES)
 
 
 def test_gitlab_ci_runs_both_projects() -> None:
@@ -108,17 +132,17 @@ def test_gitlab_ci_runs_both_projects() -> None:
 
 
 def test_jobs_only_call_pipeline() -> None:
-    calls = check_only_pipeline_or_dagger(WORKFLOW, GITLAB_CI)
+    calls = check_only_pipeline_or_dagger(WORKFLOW, GITLAB_CI, DEPLOY_WORKFLOW)
     names = {command.words[0] for command in calls}
 
     assert names == {"pipeline", "dagger"}
 
 
 def test_pipeline_commands_exist() -> None:
-    calls = check_only_pipeline_or_dagger(WORKFLOW, GITLAB_CI)
+    calls = check_only_pipeline_or_dagger(WORKFLOW, GITLAB_CI, DEPLOY_WORKFLOW)
     used = {command.words[1] for command in calls if command.words[0] == "pipeline"}
 
-    assert used == {"lint", "test", "build", "scan"}
+    assert used == {"lint", "test", "build", "scan", "release", "promote", "rollback"}
     check_pipeline_commands(calls)
 
 

@@ -64,6 +64,7 @@ GITLAB_GLOBAL_KEYS = {
 ENGINE_VERSION = json.loads((REPO_ROOT / "dagger.json").read_text())["engineVersion"]
 REPORTS = ".pipeline/reports"
 STAGES = ["lint", "test", "build", "scan"]
+RELEASE_STAGES = ["release", "deploy"]
 DIND_VARIABLES = {
     "DOCKER_HOST": "tcp://docker:2376",
     "DOCKER_TLS_CERTDIR": "/certs",
@@ -414,19 +415,25 @@ def check_jsonschema(path: Path, schema: str) -> subprocess.CompletedProcess[str
 
 # -- checks of whole wrapper files -------------------------------------------------
 
-def all_commands(workflow: Path, gitlab_ci: Path) -> list[tuple[Script, Command]]:
+def all_commands(
+    workflow: Path, gitlab_ci: Path, *workflows: Path
+) -> list[tuple[Script, Command]]:
     scripts = [
-        *github_scripts(load_yaml(workflow)),
-        *gitlab_scripts(load_yaml(gitlab_ci)),
+        script
+        for path in (workflow, *workflows)
+        for script in github_scripts(load_yaml(path))
     ]
+    scripts.extend(gitlab_scripts(load_yaml(gitlab_ci)))
     return [(script, command) for script in scripts for command in commands(script)]
 
 
-def check_only_pipeline_or_dagger(workflow: Path, gitlab_ci: Path) -> list[Command]:
+def check_only_pipeline_or_dagger(
+    workflow: Path, gitlab_ci: Path, *workflows: Path
+) -> list[Command]:
     """Assert that jobs only run setup lines; return the pipeline and dagger calls."""
     calls = []
     problems = []
-    for script, command in all_commands(workflow, gitlab_ci):
+    for script, command in all_commands(workflow, gitlab_ci, *workflows):
         if command.words[0] in ("pipeline", "dagger"):
             calls.append(command)
             continue
@@ -501,14 +508,59 @@ def check_github_step(job: str, step: dict[str, Any]) -> None:
         assert "always()" in step["if"], f"{job}: {step['run']}"
 
 
-def check_gitlab_ci(path: Path, expected_reports: dict[str, str]) -> None:
+def check_deploy_workflow(path: Path) -> None:
+    """The manual deploy workflow: one deploy per environment at a time,
+    the starter recorded as the approver, pinned actions."""
+    workflow = load_yaml(path)
+
+    assert set(workflow_triggers(workflow)) == {"workflow_dispatch"}
+    assert workflow["permissions"] == {"contents": "read"}
+    for name, job in workflow["jobs"].items():
+        assert job["permissions"] == {"contents": "read"}, name
+        assert job["concurrency"]["cancel-in-progress"] is False, name
+        assert "inputs.to" in job["concurrency"]["group"], name
+        assert "inputs.to" in job["environment"]["name"], name
+        assert job["env"]["PIPELINE_APPROVED_BY"] == "${{ github.actor }}", name
+        for step in job["steps"]:
+            if "uses" in step:
+                assert PINNED_ACTION.match(step["uses"]), f"{name}: {step['uses']} is not pinned"
+
+
+def check_gitlab_release(path: Path) -> None:
+    """Tag pipelines release to staging; production is a manual job that
+    records who started it as the approver."""
+    config = load_yaml(path)
+    jobs = gitlab_jobs(config)
+    rules = " ".join(rule["if"] for rule in config["workflow"]["rules"])
+
+    assert "$CI_COMMIT_TAG" in rules
+    release = _extended("release", jobs)
+    assert release["stage"] == "release"
+    assert release["environment"]["name"] == "staging"
+    assert release["resource_group"] == "staging"
+    assert all("$CI_COMMIT_TAG" in rule["if"] for rule in release["rules"])
+    promote = _extended("promote-prod", jobs)
+    assert promote["stage"] == "deploy"
+    assert promote["environment"]["name"] == "prod"
+    assert promote["resource_group"] == "prod"
+    assert [rule.get("when") for rule in promote["rules"]] == ["manual"]
+    assert promote["allow_failure"] is False
+    assert promote["variables"]["PIPELINE_APPROVED_BY"] == "$GITLAB_USER_LOGIN"
+    for job in (release, promote):
+        assert "examples/bridge-service/.pipeline/audit.jsonl" in job["artifacts"]["paths"]
+        assert job["artifacts"]["when"] == "always"
+
+
+def check_gitlab_ci(
+    path: Path, expected_reports: dict[str, str], stages: list[str] = STAGES
+) -> None:
     config = load_yaml(path)
     jobs = {
         name: job for name, job in gitlab_jobs(config).items() if not name.startswith(".")
     }
     rules = " ".join(rule["if"] for rule in config["workflow"]["rules"])
 
-    assert config["stages"] == STAGES
+    assert config["stages"] == stages
     assert '$CI_PIPELINE_SOURCE == "merge_request_event"' in rules
     assert "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH" in rules
     for name, value in DIND_VARIABLES.items():
@@ -517,7 +569,7 @@ def check_gitlab_ci(path: Path, expected_reports: dict[str, str]) -> None:
     for name, job in jobs.items():
         services = [service["name"] for service in job["services"]]
         assert any(service.startswith("docker:") and "dind" in service for service in services)
-        assert job["stage"] in STAGES, name
+        assert job["stage"] in stages, name
         artifacts = job.get("artifacts", {})
         if artifacts.get("reports"):
             assert artifacts["when"] == "always", name
