@@ -38,6 +38,7 @@ from .secrets import Redactor
 from .run import Prepared, RunRecord, execute, prepare, write_record
 from .scaffold import DEFAULT_MODULE, DEFAULT_REQUIREMENT, Wrappers, init_project
 from .steps import build as build_step
+from .steps import publish as publish_step
 from .ui import LiveView, failure_details, summary_table
 
 log = logging.getLogger("pipeline")
@@ -98,6 +99,7 @@ def _run(
     engine: str,
     overrides: dict[str, Any] | None = None,
     image: str | None = None,
+    environment: str | None = None,
 ) -> None:
     # Settings come first, so that an invalid one is a usage error (exit 2)
     # even where no engine is available.
@@ -106,11 +108,16 @@ def _run(
     prepared.record.engine = choice.name
     if image is not None:
         prepared.context.image = image
+    prepared.context.environment = environment
     names = [step.name for step in plan(steps) if not (image and step.name == "build")]
     if build_step.NAME in names:
         # Checks the Dockerfile, so that a missing one is a usage error (exit 2)
         # even when no engine is reachable.
         build_step.describe(prepared.context)
+    if publish_step.NAME in names:
+        # The environment, a committed tree and the credentials' references,
+        # before the build, so that nothing runs for a publish that cannot be.
+        publish_step.check(prepared.context, prepared.redactor)
     stderr.print(f"engine: {choice.describe()}", highlight=False)
     record = anyio.run(_run_async, prepared, steps, names)
     _report(record, as_json)
@@ -256,6 +263,26 @@ def scan(
 
 
 @cli.command()
+@common_options
+@click.option(
+    "--env",
+    "environment",
+    metavar="NAME",
+    required=True,
+    help="Environment whose registry receives the image (a key of [environments]).",
+)
+def publish(
+    path: Path, config_file: Path | None, as_json: bool, engine: str, environment: str
+) -> None:
+    """Build and scan the image, then push it to the environment's registry.
+
+    Tags: the full commit hash, X.Y.Z, X.Y and X for a vX.Y.Z tag on the
+    commit, and latest as publish.latest says. The work tree must be committed.
+    """
+    _run(["publish"], path, config_file, as_json, engine, environment=environment)
+
+
+@cli.command()
 @click.argument("path", type=click.Path(path_type=Path), default=".", required=False)
 @click.option(
     "--wrappers",
@@ -339,7 +366,7 @@ def _deployer(project_path: Path, config_file: Path | None) -> Deployer:
         stderr.print(escape(redactor(message)), highlight=False, soft_wrap=True)
 
     trail = Trail.for_project(root, settings.audit.path, redactor, echo=progress)
-    return Deployer(root, settings, redactor, trail, progress)
+    return Deployer(root, settings, redactor, trail, progress, root / settings.reports_dir)
 
 
 def _print_outcome(action: str, environment: str, outcome: Outcome, as_json: bool) -> None:

@@ -421,7 +421,11 @@ class KubernetesSettings(Section):
     )
     namespace: ObjectName = Field("default", description="Namespace.")
     context: str | None = Field(None, description="kubeconfig context; defaults to the current one.")
-    kubeconfig: str | None = Field(None, description="kubeconfig file; defaults to kubectl's.")
+    kubeconfig: str | None = Field(
+        None,
+        description="kubeconfig file, relative to the project or absolute; "
+        "defaults to kubectl's ($KUBECONFIG or ~/.kube/config).",
+    )
     port: Port = Field(8080, description="Port the application listens on in the container.")
     service_port: Port = Field(80, description="Port of the Service.")
     cpu_request: str = Field("100m", description="CPU request of each pod.")
@@ -431,7 +435,8 @@ class KubernetesSettings(Section):
     kubernetes_version: str = Field(
         "1.31.0",
         pattern=r"^\d+\.\d+\.\d+$",
-        description="Kubernetes version the manifests are validated against.",
+        description="Kubernetes version the manifests are validated against; "
+        "kubernetes-validate 1.37 has schemas for 1.25 to 1.37 (any patch release).",
     )
     timeout: float = Field(
         300, gt=0, description="Seconds `kubectl rollout status` waits."

@@ -86,15 +86,25 @@ def resource_name(name: str, env: EnvironmentSettings) -> str:
     return base[:63].rstrip("-")
 
 
-def open_target(env: EnvironmentSettings, name: str, environment_name: str, project: Path) -> Target:
-    """Connect to the environment's orchestrator (imported only when used)."""
+def open_target(
+    env: EnvironmentSettings,
+    name: str,
+    environment_name: str,
+    project: Path,
+    reports_dir: Path | None = None,
+) -> Target:
+    """Connect to the environment's orchestrator (imported only when used).
+
+    A Kubernetes target writes its rendered manifests, without secret
+    values, to ``reports_dir/manifests/``.
+    """
     if env.target.kind == "swarm":
         from .swarm import SwarmTarget
 
         return SwarmTarget(env.target, name, environment_name)
     from .kubernetes import KubernetesTarget
 
-    return KubernetesTarget(env.target, name, environment_name, project)
+    return KubernetesTarget(env.target, name, environment_name, project, reports_dir=reports_dir)
 
 
 @dataclass
@@ -107,7 +117,7 @@ class Deployer:
     trail: Trail
     progress: Progress
     # Replaced in tests that need no orchestrator; the CLI keeps the default.
-    connect: Callable[[EnvironmentSettings, str, str, Path], Target] = open_target
+    reports_dir: Path | None = None
 
     def deploy(
         self, name: str, image: str, approved_by: str | None, action: str = "deploy",
@@ -124,7 +134,7 @@ class Deployer:
             self.trail.append(entry)
             raise
         release = self._release(name, env, image)
-        target = self.connect(env, release.name, name, self.project)
+        target = self._connect(env, release.name, name)
         return self._roll_out(target, entry, lambda: target.deploy(release, self.progress))
 
     def promote(self, source: str, destination: str, approved_by: str | None) -> Outcome:
@@ -135,8 +145,8 @@ class Deployer:
             raise UsageError(
                 f"cannot promote {source!r} to itself", hint="name two environments"
             )
-        current = self.connect(
-            source_env, resource_name(source, source_env), source, self.project
+        current = self._connect(
+            source_env, resource_name(source, source_env), source
         ).current_image()
         if current is None:
             raise UsageError(
@@ -164,9 +174,12 @@ class Deployer:
 
     def rollback(self, name: str) -> Outcome:
         env = environment(self.settings, name)
-        target = self.connect(env, resource_name(name, env), name, self.project)
+        target = self._connect(env, resource_name(name, env), name)
         entry = Entry("rollback", name, None)
         return self._roll_out(target, entry, lambda: target.rollback(self.progress))
+
+    def _connect(self, env: EnvironmentSettings, resource: str, name: str) -> Target:
+        return open_target(env, resource, name, self.project, self.reports_dir)
 
     def _release(self, name: str, env: EnvironmentSettings, image: str) -> Release:
         secrets = {
