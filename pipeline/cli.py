@@ -18,10 +18,10 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from . import __version__
-from .audit import Trail
+from .audit import Entry, Trail
 from .backends import ENGINE_CHOICES, Backend, choose_engine, open_backend
-from .config import load_settings
-from .deploy import APPROVED_BY_ENV, Deployer
+from .config import Settings, load_settings
+from .deploy import APPROVED_BY_ENV, Deployer, release_environment
 from .deploy.base import Outcome
 from .errors import (
     EXIT_INTERRUPTED,
@@ -32,6 +32,8 @@ from .errors import (
     UsageError,
 )
 from .graph import plan
+from .project import Project
+from .reports import RECORD_FILE_NAME
 from .reports import github_annotations, gitlab_sections
 from .results import Status, StepResult
 from .secrets import Redactor
@@ -82,7 +84,7 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="pipeline")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
-    """Lint, test, build and scan a Python project in containers."""
+    """Lint, test, build, scan, publish and deploy a Python project in containers."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(
         level=level,
@@ -100,7 +102,11 @@ def _run(
     overrides: dict[str, Any] | None = None,
     image: str | None = None,
     environment: str | None = None,
-) -> None:
+) -> Prepared:
+    """Run the steps and report them; return the run's state for release.
+
+    Raises StepFailed or Interrupted after the reports are written.
+    """
     # Settings come first, so that an invalid one is a usage error (exit 2)
     # even where no engine is available.
     prepared = prepare(path, config_file, overrides)
@@ -121,12 +127,41 @@ def _run(
     stderr.print(f"engine: {choice.describe()}", highlight=False)
     record = anyio.run(_run_async, prepared, steps, names)
     _report(record, as_json)
+    if publish_step.NAME in names:
+        _audit_publish(prepared)
     if record.interrupted:
         raise Interrupted("interrupted; the run's containers were removed")
     if not record.ok:
         failed = [r.name for r in record.results if r.status is Status.FAILED]
         noun = "step" if len(failed) == 1 else "steps"
         raise StepFailed(f"{noun} failed: {', '.join(failed)}")
+    return prepared
+
+
+def _audit_publish(prepared: Prepared) -> None:
+    """Append the publish to the audit trail, unless it never started."""
+    ctx = prepared.context
+    result = ctx.results.get(publish_step.NAME)
+    if result is None or result.status not in (Status.PASSED, Status.FAILED):
+        return
+    published = ctx.published
+    entry = Entry(
+        "publish",
+        ctx.environment,
+        published.reference if published else None,
+        result="succeeded" if result.ok else "failed",
+        duration_s=round(result.duration, 2),
+        detail="" if result.ok else result.summary,
+        tags=list(published.tags if published else result.details.get("existing_tags", [])),
+    )
+    _trail(prepared.project.path, prepared.settings, prepared.redactor).append(entry)
+
+
+def _trail(root: Path, settings: Settings, redactor: Redactor) -> Trail:
+    def echo(line: str) -> None:
+        stderr.print(escape(line), highlight=False, soft_wrap=True)
+
+    return Trail.for_project(root, settings.audit.path, redactor, echo=echo)
 
 
 async def _run_async(prepared: Prepared, steps: list[str], names: list[str]) -> RunRecord:
@@ -277,7 +312,7 @@ def publish(
     """Build and scan the image, then push it to the environment's registry.
 
     Tags: the full commit hash, X.Y.Z, X.Y and X for a vX.Y.Z tag on the
-    commit, and latest as publish.latest says. The work tree must be committed.
+    commit, and latest as publish.latest sets. The work tree must be committed.
     """
     _run(["publish"], path, config_file, as_json, engine, environment=environment)
 
@@ -365,7 +400,7 @@ def _deployer(project_path: Path, config_file: Path | None) -> Deployer:
     def progress(message: str) -> None:
         stderr.print(escape(redactor(message)), highlight=False, soft_wrap=True)
 
-    trail = Trail.for_project(root, settings.audit.path, redactor, echo=progress)
+    trail = _trail(root, settings, redactor)
     return Deployer(root, settings, redactor, trail, progress, root / settings.reports_dir)
 
 
@@ -377,19 +412,18 @@ def _print_outcome(action: str, environment: str, outcome: Outcome, as_json: boo
         soft_wrap=True,
     )
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "action": action,
-                    "environment": environment,
-                    "status": outcome.status,
-                    "image": outcome.image,
-                    "previous": outcome.previous,
-                    "detail": outcome.detail,
-                },
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(_outcome_dict(action, environment, outcome), indent=2))
+
+
+def _outcome_dict(action: str, environment: str, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "action": action,
+        "environment": environment,
+        "status": outcome.status,
+        "image": outcome.image,
+        "previous": outcome.previous,
+        "detail": outcome.detail,
+    }
 
 
 @cli.command()
@@ -442,6 +476,54 @@ def rollback(environment: str, project_path: Path, config_file: Path | None, as_
     deployer = _deployer(project_path, config_file)
     outcome = deployer.rollback(environment)
     _print_outcome("rollback", environment, outcome, as_json)
+
+
+RELEASE_STEPS = ["lint", "test", "build", "scan", "publish"]
+
+
+@cli.command()
+@common_options
+@approval_option
+def release(
+    path: Path, config_file: Path | None, as_json: bool, engine: str, approved_by: str | None
+) -> None:
+    """Run ci, publish the image and deploy it for the commit's git tag.
+
+    The environment is the first one whose release_tags match the tag. Its
+    approval is checked before anything runs, and the deploy uses the digest
+    that the publish step pushed.
+    """
+    project = Project.open(path)
+    settings = load_settings(project.path, config_file).settings
+    tag = project.git.tag if project.git is not None else None
+    name = release_environment(settings, tag)
+    deployer = _deployer(project.path, config_file)
+    deployer.check_approval(name, approved_by, Entry("deploy", name, None, detail=f"release {tag}"))
+    stderr.print(f"release: {escape(str(tag))} goes to {escape(name)}", highlight=False)
+    try:
+        prepared = _run(RELEASE_STEPS, path, config_file, False, engine, environment=name)
+    except StepFailed:
+        if as_json:
+            click.echo(json.dumps({"run": _run_record(project.path, settings), "deploy": None}, indent=2))
+        raise
+    published = prepared.context.published
+    if published is None:  # the publish step passed, so it set this
+        raise StepFailed("publish passed but recorded no image reference")
+    outcome = deployer.deploy(name, published.reference, approved_by, detail=f"release {tag}")
+    _print_outcome("deploy", name, outcome, as_json=False)
+    if as_json:
+        document = {
+            "run": _run_record(project.path, settings),
+            "deploy": _outcome_dict("deploy", name, outcome),
+        }
+        click.echo(json.dumps(document, indent=2))
+
+
+def _run_record(root: Path, settings: Settings) -> Any:
+    try:
+        return json.loads((root / settings.reports_dir / RECORD_FILE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,60 @@ def test_actor_prefers_the_ci_user(tmp_path: Path) -> None:
     assert actor(tmp_path, {"GITHUB_ACTOR": "octo", "GITLAB_USER_LOGIN": "gl"}) == "octo"
     assert actor(tmp_path, {"GITLAB_USER_LOGIN": "gl"}) == "gl"
     assert actor(tmp_path, {}) != ""
+
+
+def git_tag(root: Path, tag: str) -> None:
+    subprocess.run(["git", "tag", tag], cwd=root, check=True, capture_output=True)
+
+
+RELEASE_SETTINGS = SETTINGS.replace(
+    'published_port = 18080 }\n', 'published_port = 18080 }\nrelease_tags = ["v*"]\n', 1
+) + 'release_tags = ["prod-*"]\n'
+RELEASE_PROJECT = {
+    "pipeline.toml": RELEASE_SETTINGS,
+    "requirements.txt": "",
+    "app.py": "X = 1\n",
+    "Dockerfile": "FROM python:3.11-slim\n",
+}
+
+
+def test_release_without_tag_is_refused(project_factory: ProjectFactory, run_cli: RunCli) -> None:
+    root = project_factory(RELEASE_PROJECT, git=True)
+
+    result = run_cli("release", str(root))
+
+    assert result.returncode == 2
+    assert "release needs a git tag" in result.stderr
+    assert audit_lines(root) == []
+
+
+def test_release_tag_without_environment_is_refused(
+    project_factory: ProjectFactory, run_cli: RunCli
+) -> None:
+    root = project_factory(RELEASE_PROJECT, git=True)
+    git_tag(root, "nightly-7")
+
+    result = run_cli("release", str(root))
+
+    assert result.returncode == 2
+    assert "no environment releases tag 'nightly-7'" in result.stderr
+    assert "staging: v*" in result.stderr
+    assert "prod: prod-*" in result.stderr
+
+
+def test_release_needing_approval_stops_before_ci(
+    project_factory: ProjectFactory, run_cli: RunCli
+) -> None:
+    root = project_factory(RELEASE_PROJECT, git=True)
+    git_tag(root, "prod-2026-12")
+
+    result = run_cli("release", str(root), env={"PIPELINE_APPROVED_BY": ""})
+
+    assert result.returncode == 2
+    assert "environment 'prod' needs an approval" in result.stderr
+    # Nothing ran: no engine line, no reports.
+    assert "engine:" not in result.stderr
+    assert not (root / ".pipeline" / "reports").exists()
+    [line] = audit_lines(root)
+    assert line["result"] == "refused"
+    assert line["detail"] == "release prod-2026-12; no approval"

@@ -9,6 +9,7 @@ a target is touched, and every attempt ends as one line of the audit trail.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import time
 from collections.abc import Callable
@@ -72,6 +73,27 @@ def approval(name: str, env: EnvironmentSettings, approved_by: str | None) -> st
     return approved_by
 
 
+def release_environment(settings: Settings, tag: str | None) -> str:
+    """The first environment whose ``release_tags`` match the git tag."""
+    if tag is None:
+        raise UsageError(
+            "release needs a git tag on the commit, and there is none",
+            hint="tag the commit (git tag v1.4.0) and run the release on it",
+        )
+    for name, env in settings.environments.items():
+        if any(fnmatch.fnmatchcase(tag, pattern) for pattern in env.release_tags):
+            return name
+    patterns = {
+        name: env.release_tags for name, env in settings.environments.items() if env.release_tags
+    }
+    listed = "; ".join(f"{name}: {', '.join(tags)}" for name, tags in patterns.items())
+    raise UsageError(
+        f"no environment releases tag {tag!r} ({listed or 'no environment sets release_tags'})",
+        hint="add a matching pattern to release_tags of the environment that "
+        "should receive this release, such as release_tags = [\"v*\"]",
+    )
+
+
 def resource_name(name: str, env: EnvironmentSettings) -> str:
     """The Swarm service or Kubernetes object the environment runs as."""
     target = env.target
@@ -126,16 +148,21 @@ class Deployer:
         env = environment(self.settings, name)
         check_reference(image, name, env)
         entry = Entry("deploy" if action == "deploy" else "promote", name, image, detail=detail)
-        try:
-            entry.approval = approval(name, env, approved_by)
-        except UsageError:
-            entry.result = "refused"
-            entry.detail = "no approval"
-            self.trail.append(entry)
-            raise
+        entry.approval = self.check_approval(name, approved_by, entry)
         release = self._release(name, env, image)
         target = self._connect(env, release.name, name)
         return self._roll_out(target, entry, lambda: target.deploy(release, self.progress))
+
+    def check_approval(self, name: str, approved_by: str | None, entry: Entry) -> str | None:
+        """Return who approved; record ``entry`` as refused and raise
+        UsageError when the environment needs an approval and has none."""
+        try:
+            return approval(name, environment(self.settings, name), approved_by)
+        except UsageError:
+            entry.result = "refused"
+            entry.detail = _join(entry.detail, "no approval")
+            self.trail.append(entry)
+            raise
 
     def promote(self, source: str, destination: str, approved_by: str | None) -> Outcome:
         """Deploy to ``destination`` the digest that ``source`` runs now."""
