@@ -139,22 +139,9 @@ def _run(
 
 
 def _audit_publish(prepared: Prepared) -> None:
-    """Append the publish to the audit trail, unless it never started."""
-    ctx = prepared.context
-    result = ctx.results.get(publish_step.NAME)
-    if result is None or result.status not in (Status.PASSED, Status.FAILED):
-        return
-    published = ctx.published
-    entry = Entry(
-        "publish",
-        ctx.environment,
-        published.reference if published else None,
-        result="succeeded" if result.ok else "failed",
-        duration_s=round(result.duration, 2),
-        detail="" if result.ok else result.summary,
-        tags=list(published.tags if published else result.details.get("existing_tags", [])),
-    )
-    _trail(prepared.project.path, prepared.settings, prepared.redactor).append(entry)
+    entry = publish_step.audit_entry(prepared.context)
+    if entry is not None:
+        _trail(prepared.project.path, prepared.settings, prepared.redactor).append(entry)
 
 
 def _trail(root: Path, settings: Settings, redactor: Redactor) -> Trail:

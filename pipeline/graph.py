@@ -1,4 +1,8 @@
-"""Run steps as a small graph: each starts when the steps it needs passed."""
+"""Run steps as a small graph: each starts when the steps it needs passed.
+
+A step also waits for the steps it runs ``after`` (publish after lint and
+test), but only when the run includes them.
+"""
 
 from __future__ import annotations
 
@@ -48,12 +52,12 @@ async def run_graph(
     results: dict[str, StepResult] = {}
 
     async def run_one(step: Step) -> None:
+        waits_for = [name for name in (*step.needs, *step.after) if name in done]
         try:
-            for need in step.needs:
-                if need in done:
-                    await done[need].wait()
+            for need in waits_for:
+                await done[need].wait()
             failed_needs = [
-                need for need in step.needs if need in results and not results[need].ok
+                need for need in waits_for if need in results and not results[need].ok
             ]
             if failed_needs:
                 result = StepResult(

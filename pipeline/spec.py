@@ -192,6 +192,9 @@ class PublishSpec:
     insecure: bool = False
     attempts: int = 4
     log_file: Path | None = None
+    # The CA bundle that verifies an HTTPS registry's certificate; None
+    # keeps the HTTP client's default trust store.
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -12,28 +12,37 @@ Where it differs from the Docker Engine backend:
 - The engine caches every exec whose inputs are unchanged, so an unchanged
   step returns its earlier results without running again.
 - A step container cannot join the host's network (``StepSpec.host_network``).
+- A publish pushes each tag with ``Container.publish``, the first one being
+  the full commit, because the API has no push by digest and no credential
+  check that pushes nothing. Credentials are checked by that first push.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import dagger
+import docker.auth
+import tenacity
 
-from ..errors import ConfigError, NoEngineError, StepFailed
-from ..reports._files import remove
+from ..errors import ConfigError, NoEngineError, PublishFailed, StepFailed
+from ..reports._files import remove, write_text
 from ..secrets import Redactor, resolve
 from ..spec import (
     BuildOutput,
     BuildSpec,
     CommandResult,
     ExecResult,
+    PublishOutput,
+    PublishSpec,
     SecretRef,
     StepSpec,
 )
@@ -45,6 +54,21 @@ log = logging.getLogger(__name__)
 CACHE_KEY_PREFIX = "rgbridge-pipeline-"
 # The name a Dockerfile from outside the build context gets inside it.
 OUTSIDE_DOCKERFILE = ".pipeline.Dockerfile"
+# Container.publish returns the address it pushed with the digest appended.
+PUBLISHED_DIGEST = re.compile(r"@(?P<digest>sha256:[0-9a-f]{64})$")
+# Registry failures worth another attempt: 5xx responses and dropped
+# connections. An unreachable registry (connection refused) is not one.
+TRANSIENT_PUSH_ERROR = re.compile(
+    r"\b50[0234]\b|Internal Server Error|Bad Gateway|Service Unavailable|"
+    r"Gateway Time-?out|connection reset|unexpected EOF|TLS handshake timeout",
+    re.IGNORECASE,
+)
+AUTH_PUSH_ERROR = re.compile(
+    r"\b40[13]\b|unauthorized|authentication required|denied|forbidden", re.IGNORECASE
+)
+# Seconds before the second attempt of a push; each later wait doubles.
+PUSH_RETRY_DELAY = 1.0
+PUSH_RETRY_MAX_DELAY = 30.0
 
 
 def dagger_excludes(patterns: Iterable[str]) -> list[str]:
@@ -85,6 +109,10 @@ class Inputs:
     redactor: Redactor
     directories: dict[Path, dagger.Directory] = field(default_factory=dict)
     images: dict[str, dagger.Container] = field(default_factory=dict)
+    # Secrets that the caller handed over as Dagger secrets, by the reference
+    # (env://NAME, file://PATH) that they stand for. The module's functions
+    # fill it, because the caller's variables and files never reach them.
+    secrets: dict[str, dagger.Secret] = field(default_factory=dict)
 
     def directory(
         self, host_path: Path, exclude: Iterable[str] = ()
@@ -109,8 +137,12 @@ class Inputs:
         """Resolve a secret as the Docker backend does and hand it to the engine.
 
         ``setSecret`` names the secret, which a Dockerfile build needs as the
-        mount id, and the engine treats its value as sensitive.
+        mount id, and the engine treats its value as sensitive. A secret that
+        the caller handed over for ``ref.uri`` is used as it is.
         """
+        given = self.secrets.get(ref.uri)
+        if given is not None:
+            return given
         return self.client.set_secret(ref.name, resolve(ref, self.redactor))
 
     def image(self, name: str) -> dagger.Container:
@@ -198,6 +230,68 @@ def image_for(spec: BuildSpec, inputs: Inputs) -> dagger.Container:
     for key, value in spec.labels:
         container = container.with_label(key, value)
     return container
+
+
+def registry_of(repository: str) -> str:
+    """Return the registry host[:port] of a repository, ``docker.io`` for Docker Hub."""
+    registry, _ = docker.auth.resolve_repository_name(repository)
+    return str(registry)
+
+
+def check_registry(repository: str) -> str:
+    """Return the repository's registry, or raise ConfigError when an engine cannot reach it.
+
+    The engine runs in a container of its own, so a registry on the
+    caller's loopback is not the registry that it would push to.
+    """
+    registry = registry_of(repository)
+    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+    host = host.strip("[]")
+    if host == "localhost" or _is_loopback(host):
+        raise ConfigError(
+            f"registry {registry} of repository {repository} is on loopback, "
+            "which the Dagger engine does not reach",
+            hint="push to a registry address that the engine reaches, or run "
+            "with --engine docker",
+        )
+    return registry
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _push_failure(
+    error: str,
+    registry: str,
+    address: str,
+    pushed: list[str],
+    digest: str | None,
+    username: str | None,
+) -> PublishFailed:
+    """Explain a push that failed, naming the tags that this publish pointed
+    at ``digest`` before it."""
+    if pushed:
+        existing = f"tags that point at {digest} now: " + ", ".join(pushed)
+    else:
+        existing = "no tag was pushed"
+    if AUTH_PUSH_ERROR.search(error):
+        user = f"user {username!r}" if username else "anonymous access"
+        return PublishFailed(
+            f"registry {registry} rejected {user} for {address}: {error} ({existing})",
+            hint="check the user name and password given for this registry, and "
+            "that the user may push to the repository",
+            existing_tags=tuple(pushed),
+        )
+    return PublishFailed(
+        f"pushing {address} failed on Dagger: {error} ({existing})",
+        hint=f"check that the engine reaches {registry}; publishing again pushes "
+        "every tag again",
+        existing_tags=tuple(pushed),
+    )
 
 
 class DaggerBackend:
@@ -312,6 +406,132 @@ class DaggerBackend:
         on_output(text)
         return BuildOutput(0, text, image_id, spec.tags)
 
+    async def publish(
+        self, spec: PublishSpec, on_output: StepOutputCallback
+    ) -> PublishOutput:
+        """Push each tag with ``Container.publish``, the first tag giving the digest.
+
+        Every push must report the same digest. A push that fails on a 5xx
+        response or a dropped connection is retried up to ``spec.attempts``
+        times in all. What is reported goes to ``spec.log_file`` as well.
+        """
+        if not spec.tags:
+            raise ConfigError(f"nothing to publish: no tag for {spec.repository}")
+        registry = check_registry(spec.repository)
+        lines: list[str] = []
+
+        def report(text: str) -> None:
+            lines.append(text)
+            on_output(text)
+
+        try:
+            return await self._publish(spec, registry, report)
+        except PublishFailed as exc:
+            lines.append(f"ERROR: {exc.message}\n")
+            raise
+        finally:
+            if spec.log_file is not None and lines:
+                spec.log_file.parent.mkdir(parents=True, exist_ok=True)
+                write_text(spec.log_file, "".join(lines))
+
+    async def _publish(
+        self, spec: PublishSpec, registry: str, on_output: StepOutputCallback
+    ) -> PublishOutput:
+        if spec.insecure:
+            on_output(
+                f"note: registry.insecure has no effect on Dagger; the engine's own "
+                f"configuration decides whether it talks plain HTTP to {registry}\n"
+            )
+        container, username = self._authenticated(spec, registry)
+        digest: str | None = None
+        pushed: list[str] = []
+        for tag in spec.tags:
+            address = f"{spec.repository}:{tag}"
+            try:
+                published = await self._push(container, address, spec.attempts, on_output)
+            except dagger.QueryError as exc:
+                error = self.inputs.redactor(str(exc).strip())
+                raise _push_failure(error, registry, address, pushed, digest, username) from None
+            match = PUBLISHED_DIGEST.search(published)
+            if match is None:
+                raise PublishFailed(
+                    f"pushing {address} returned {published!r}, which names no digest",
+                    existing_tags=(*pushed, tag),
+                )
+            if digest is not None and match["digest"] != digest:
+                raise PublishFailed(
+                    f"tag {tag} points at {match['digest']}, not at {digest} like "
+                    "the tags pushed before it",
+                    hint="publish again; another push to the same repository may "
+                    "have run at the same time",
+                    existing_tags=(*pushed, tag),
+                )
+            digest = match["digest"]
+            pushed.append(tag)
+            on_output(f"pushed {address}@{digest}\n")
+        assert digest is not None, "a publish with tags pushed at least one"
+        return PublishOutput(digest, f"{spec.repository}@{digest}", tuple(pushed))
+
+    def _authenticated(
+        self, spec: PublishSpec, registry: str
+    ) -> tuple[dagger.Container, str | None]:
+        """Return the image with the registry's credentials, and the user name.
+
+        The password reaches the engine only as a Secret. The API takes the
+        user name as a plain string, so a referenced user name appears in the
+        query.
+        """
+        container = self.inputs.image(spec.image)
+        username = spec.username
+        if isinstance(username, SecretRef):
+            username = resolve(username, self.inputs.redactor).strip()
+        if spec.password is None:
+            if username:
+                raise ConfigError(
+                    f"registry {registry}: user {username!r} is given without a password",
+                    hint="name the password as a secret reference, or remove the user",
+                )
+            return container, None
+        if not username:
+            raise ConfigError(
+                f"registry {registry}: a password is given without a user name",
+                hint="set the registry's user name",
+            )
+        password = self.inputs.secret(spec.password)
+        return container.with_registry_auth(spec.repository, username, password), username
+
+    async def _push(
+        self,
+        container: dagger.Container,
+        address: str,
+        attempts: int,
+        on_output: StepOutputCallback,
+    ) -> str:
+        def announce(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            text = self.inputs.redactor(str(error).strip())
+            log.warning(
+                "push of %s failed (attempt %d of %d), retrying in %.1f s: %s",
+                address, state.attempt_number, attempts, delay, text,
+            )
+            on_output(
+                f"push of {address} failed (attempt {state.attempt_number} of "
+                f"{attempts}), retrying in {delay:.1f} s: {text}\n"
+            )
+
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(max(attempts, 1)),
+            wait=tenacity.wait_exponential(
+                multiplier=PUSH_RETRY_DELAY, max=PUSH_RETRY_MAX_DELAY
+            ),
+            retry=tenacity.retry_if_exception(_is_transient),
+            before_sleep=announce,
+            reraise=True,
+        )
+        published: str = await retrying(container.publish, address)
+        return published
+
     def _failed_build(
         self,
         spec: BuildSpec,
@@ -371,6 +591,14 @@ async def connect(run_id: str, redactor: Redactor) -> DaggerBackend:
             hint=hint + ", or use --engine docker",
         ) from None
     return DaggerBackend(Inputs(client, redactor), on_close=stack.aclose)
+
+
+def _is_transient(error: BaseException) -> bool:
+    return (
+        isinstance(error, dagger.QueryError)
+        and not isinstance(error, dagger.ExecError)
+        and TRANSIENT_PUSH_ERROR.search(str(error)) is not None
+    )
 
 
 @contextlib.contextmanager

@@ -30,8 +30,9 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from ..errors import ConfigError, NoEngineError, StepFailed, UsageError
+from ..errors import ConfigError, NoEngineError, PublishFailed, StepFailed, UsageError
 from ..project import Project
+from ..registry import RegistryClient
 from ..reports._files import move_into, open_text, private_folder
 from ..secrets import Redactor, parse_uri, resolve
 from ..spec import (
@@ -41,9 +42,13 @@ from ..spec import (
     CommandResult,
     ExecResult,
     ImageInput,
+    PublishOutput,
+    PublishSpec,
+    SecretRef,
     StepSpec,
 )
 from .base import StepOutputCallback
+from .docker_archive import prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +221,11 @@ class _OutputLog:
             self._file.write(f"{newline}[exit code {exit_code}]\n\n")
             self._file.flush()
         self._at_line_start = True
+
+
+def _secret_line(value: str) -> str:
+    """Drop the line break that ends a secret read from a file."""
+    return value.rstrip("\r\n")
 
 
 @contextmanager
@@ -568,6 +578,67 @@ class DockerBackend:
             command += ["--secret", f"id={mount.secret.name},{source}"]
         command.append(str(spec.context))
         return command, env
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(self, spec: PublishSpec, on_output: StepOutputCallback) -> PublishOutput:
+        """Push the image from the engine to the registry, logging to spec.log_file."""
+        return await anyio.to_thread.run_sync(
+            self._publish_sync, spec, on_output, abandon_on_cancel=True
+        )
+
+    def _publish_sync(self, spec: PublishSpec, on_output: StepOutputCallback) -> PublishOutput:
+        with _log_file(spec.log_file) as file:
+            output = _OutputLog(file, on_output)
+
+            def notify(line: str) -> None:
+                output.write(self.redactor(line) + "\n")
+
+            username = spec.username
+            if isinstance(username, SecretRef):
+                username = _secret_line(resolve(username, self.redactor))
+            password = None
+            if spec.password is not None:
+                password = _secret_line(resolve(spec.password, self.redactor))
+            with RegistryClient(
+                spec.repository,
+                username=username,
+                password=password,
+                insecure=spec.insecure,
+                ca_bundle=spec.ca_bundle,
+                attempts=spec.attempts,
+                notify=notify,
+                password_source=spec.password.uri if spec.password is not None else None,
+            ) as registry:
+                notify(f"checking access to {registry.url} as {username or 'anonymous'}")
+                registry.check_access()
+                with tempfile.TemporaryDirectory(prefix="pipeline-publish-") as scratch:
+                    archive = self._save_image(spec.image, Path(scratch) / "image.tar")
+                    image = prepare_image(archive, Path(scratch))
+                    notify(f"pushing {spec.image} ({image.digest}) to {spec.repository}")
+                    published = registry.push(image, spec.tags)
+            notify(f"published {published.reference} as {', '.join(published.tags)}")
+            return published
+
+    def _save_image(self, image: str, target: Path) -> Path:
+        """Write ``docker save`` of a local image to target."""
+        try:
+            source = self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise PublishFailed(
+                f"image not found in the Docker Engine: {image}",
+                hint="build it first (pipeline publish builds and scans it)",
+            ) from None
+        try:
+            with target.open("wb") as saved:
+                for chunk in source.save(chunk_size=CHUNK, named=False):
+                    saved.write(chunk)
+        except docker.errors.APIError as exc:
+            raise PublishFailed(
+                f"the Docker Engine could not export image {image}: {exc.explanation or exc}",
+                hint="check the engine's log and the free space of the temporary folder",
+            ) from None
+        return target
 
     # -- cleanup ------------------------------------------------------------
 

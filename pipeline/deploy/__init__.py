@@ -12,7 +12,8 @@ from __future__ import annotations
 import fnmatch
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,8 +151,8 @@ class Deployer:
         entry = Entry("deploy" if action == "deploy" else "promote", name, image, detail=detail)
         entry.approval = self.check_approval(name, approved_by, entry)
         release = self._release(name, env, image)
-        target = self._connect(env, release.name, name)
-        return self._roll_out(target, entry, lambda: target.deploy(release, self.progress))
+        with self._connect(env, release.name, name) as target:
+            return self._roll_out(target, entry, lambda: target.deploy(release, self.progress))
 
     def check_approval(self, name: str, approved_by: str | None, entry: Entry) -> str | None:
         """Return who approved; record ``entry`` as refused and raise
@@ -172,9 +173,8 @@ class Deployer:
             raise UsageError(
                 f"cannot promote {source!r} to itself", hint="name two environments"
             )
-        current = self._connect(
-            source_env, resource_name(source, source_env), source
-        ).current_image()
+        with self._connect(source_env, resource_name(source, source_env), source) as target:
+            current = target.current_image()
         if current is None:
             raise UsageError(
                 f"nothing runs in environment {source!r}, so there is nothing to promote",
@@ -201,12 +201,20 @@ class Deployer:
 
     def rollback(self, name: str) -> Outcome:
         env = environment(self.settings, name)
-        target = self._connect(env, resource_name(name, env), name)
         entry = Entry("rollback", name, None)
-        return self._roll_out(target, entry, lambda: target.rollback(self.progress))
+        with self._connect(env, resource_name(name, env), name) as target:
+            return self._roll_out(target, entry, lambda: target.rollback(self.progress))
 
-    def _connect(self, env: EnvironmentSettings, resource: str, name: str) -> Target:
-        return open_target(env, resource, name, self.project, self.reports_dir)
+    @contextmanager
+    def _connect(self, env: EnvironmentSettings, resource: str, name: str) -> Iterator[Target]:
+        """Open the target, and close its connection afterwards if it has one."""
+        target = open_target(env, resource, name, self.project, self.reports_dir)
+        try:
+            yield target
+        finally:
+            close = getattr(target, "close", None)
+            if callable(close):
+                close()
 
     def _release(self, name: str, env: EnvironmentSettings, image: str) -> Release:
         secrets = {

@@ -85,6 +85,9 @@ def _image_line(record: RunRecord) -> str | None:
         text += f", ID {code(str(image['id']))}"
     if image.get("operating_system"):
         text += f", {escape(str(image['operating_system']))}"
+    published = image.get("published")
+    if published:
+        text += f", pushed as {code(str(published['reference']))}"
     return text + "."
 
 

@@ -13,7 +13,7 @@ from ..backends.base import Backend, StepOutputCallback
 from ..config import Settings
 from ..project import Project
 from ..results import StepResult
-from ..spec import CacheMount, ExecResult, FileMount, SourceMount
+from ..spec import CacheMount, ExecResult, FileMount, PublishOutput, SourceMount
 
 SOURCE_PATH = "/src"
 REPORTS_PATH = "/reports"
@@ -36,6 +36,14 @@ class Context:
     ca_bundle: Path | None
     results: dict[str, StepResult] = field(default_factory=dict)
     image: str | None = None  # set by --image, or by the build step
+    # The environment named by --env, whose registry a publish pushes to.
+    environment: str | None = None
+    # Whether the scan also writes a CycloneDX SBOM of the image; set for
+    # runs that publish with publish.sbom.
+    sbom: bool = False
+    # What the publish step pushed; deploys use its ``reference``
+    # (``repository@sha256:...``).
+    published: PublishOutput | None = None
 
     def source(self) -> SourceMount:
         return SourceMount(
@@ -69,12 +77,15 @@ class Step:
 
     ``files`` names what the step writes directly into the reports folder
     (its log and its tool's outputs), which a new run removes first.
+    ``after`` names steps that must pass first when the same run includes
+    them, without adding them to a run that does not.
     """
 
     name: str
     needs: tuple[str, ...]
     run: Callable[[Context, Backend, StepOutputCallback], Awaitable[StepResult]]
     files: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
 
 
 def cached_venv(

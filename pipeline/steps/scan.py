@@ -50,7 +50,10 @@ IMAGE_TARBALL = "/work/image.tar"
 IGNOREFILE = "/work/trivyignore"
 IMAGE_REPORT = f"{REPORTS_PATH}/trivy-image.json"
 SOURCE_REPORT = f"{REPORTS_PATH}/trivy-source.json"
-FILES = (log_name(NAME), Path(IMAGE_REPORT).name, Path(SOURCE_REPORT).name)
+# The CycloneDX SBOM of the image, written for runs that publish it.
+SBOM_REPORT = f"{REPORTS_PATH}/sbom.cdx.json"
+SBOM_FILE = Path(SBOM_REPORT).name
+FILES = (log_name(NAME), Path(IMAGE_REPORT).name, Path(SOURCE_REPORT).name, SBOM_FILE)
 # Trivy logs "<time>\tFATAL\tFatal error\t<message>" or
 # "<time>\tERROR\t<message>" (Trivy 0.76).
 TRIVY_ERROR_LINE = re.compile(
@@ -134,6 +137,10 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
                 SOURCE_PATH,
             )
         )
+    outputs = [IMAGE_REPORT, SOURCE_REPORT] if settings.source else [IMAGE_REPORT]
+    if ctx.sbom:
+        commands.append(sbom_command(trivy))
+        outputs.append(SBOM_REPORT)
     files = list(ctx.ca_files())
     if ignorefile is not None:
         files.append(FileMount(ignorefile, IGNOREFILE))
@@ -148,9 +155,31 @@ def describe(ctx: Context, image: str, with_vulnerabilities: bool = True) -> Ste
         files=tuple(files),
         images=(ImageInput(image, IMAGE_TARBALL),),
         caches=(PIP_CACHE, TOOLS_CACHE, trivy_cache(settings)),
-        outputs=(IMAGE_REPORT, SOURCE_REPORT) if settings.source else (IMAGE_REPORT,),
+        outputs=tuple(outputs),
         needs=NEEDS,
         host_network=_is_loopback(settings.db_repository),
+    )
+
+
+def sbom_command(trivy: str) -> tuple[str, ...]:
+    """Return the command that lists the image's packages as CycloneDX JSON.
+
+    It needs no vulnerability database (checked with Trivy 0.76), so it
+    works offline.
+    """
+    return (
+        trivy, "image",
+        "--cache-dir", TRIVY_CACHE_PATH,
+        "--skip-version-check",
+        "--disable-telemetry",
+        "--skip-db-update",
+        "--skip-java-db-update",
+        "--offline-scan",
+        "--no-progress",
+        "--quiet",
+        "--format", "cyclonedx",
+        "--input", IMAGE_TARBALL,
+        "--output", SBOM_REPORT,
     )
 
 
@@ -321,6 +350,8 @@ def trivy_command_name(command: tuple[str, ...]) -> str:
     """Name a Trivy command: "trivy image", "trivy fs" or the database download."""
     if "--download-db-only" in command:
         return "trivy database download"
+    if "cyclonedx" in command:
+        return "trivy SBOM"
     subcommand = command[1] if len(command) > 1 else ""
     return f"trivy {subcommand}".strip()
 

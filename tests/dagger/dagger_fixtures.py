@@ -12,6 +12,7 @@ from PIPELINE_DAGGER_SCHEMA, else ../shared/dagger/ next to the repository.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,11 @@ def module_class(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The module's main class, with the main object name the engine sets."""
     monkeypatch.syspath_prepend(str(MODULE_SOURCE))
     from ci.main import Ci
+    from dagger.mod._converter import to_typedef
+
+    # dagger-io caches the TypeDef objects of annotations, and a list's
+    # element TypeDef keeps the ID of the session that first sent it.
+    to_typedef.cache_clear()
 
     module = Ci.__dagger_module__
     monkeypatch.setattr(module, "_main_name", "Ci")
@@ -204,13 +210,17 @@ def nested(call: Call, name: str) -> list[Call]:
 
 
 def type_of(calls: list[Call]) -> tuple[str, str | None, bool]:
-    """Return (kind, object name, optional) of a TypeDef chain."""
+    """Return (kind, object or element name, optional) of a TypeDef chain."""
     kind, name, optional = "", None, False
     for call in calls:
         if call.field == "withKind":
             kind = call.args["kind"]
         elif call.field == "withObject":
             kind, name = "OBJECT_KIND", call.args["name"]
+        elif call.field == "withListOf":
+            # A list is named after its elements' type, as in [Secret].
+            element = type_of(call.args["elementType"])
+            kind, name = "LIST_KIND", element[1] or element[0]
         elif call.field == "withOptional":
             optional = call.args["optional"]
     return kind, name, optional
@@ -268,3 +278,36 @@ def module_functions(
 ) -> dict[str, dict[str, Any]]:
     """The module's functions as registered, by name ("" is the constructor)."""
     return anyio.run(read_registration, module_class, global_session)
+
+
+# -- invoking the module's functions --------------------------------------------
+
+
+async def source_id(session: StandInSession, path: Path) -> str:
+    """Return the ID of a host directory, as the CLI passes --source."""
+    from dagger import dag
+
+    return await dag.host().directory(str(path)).id()
+
+
+async def call_function(
+    module_class: Any, name: str, source: str, args: dict[str, Any] | None = None
+) -> Any:
+    """Invoke a function through the SDK entry that the engine calls.
+
+    Object arguments are passed as IDs, as the engine passes them.
+    """
+    module = module_class.__dagger_module__
+    parent, _ = await module.get_structured_result("Ci", {}, "", {"source": source})
+    state = await module.unstructure(parent, module_class)
+    result, _ = await module.get_structured_result("Ci", state, name, args or {})
+    return result
+
+
+@pytest.fixture
+def module_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the module's functions create their work folders."""
+    folder = tmp_path / "module-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,8 +230,16 @@ class ScriptedEngine:
     def __init__(self) -> None:
         self.exit_codes: dict[str, int] = {}
         self.stdout: dict[str, str] = {}
+        self.stderr: dict[str, str] = {}
         self.files: dict[str, str] = {}
         self.failing_setup: str | None = None
+        # Pushes: the digest each push reports (by address, else the default),
+        # errors raised one per attempt for addresses that end with the key,
+        # and the addresses pushed.
+        self.push_digest = "sha256:" + "d1" * 32
+        self.push_digests: dict[str, str] = {}
+        self.push_errors: dict[str, list[str]] = {}
+        self.pushed: list[str] = []
 
     def __call__(self, calls: list[Call]) -> Any:
         leaf = calls[-1]
@@ -244,6 +253,10 @@ class ScriptedEngine:
             return self._lookup(self.exit_codes, command, 0)
         if leaf.field == "stdout":
             return self._lookup(self.stdout, command, "")
+        if leaf.field == "stderr":
+            return self._lookup(self.stderr, command, "")
+        if leaf.field == "uri" and len(calls) >= 2 and calls[-2].field == "secret":
+            return calls[-2].args["uri"]
         if leaf.field == "exists":
             path = leaf.args["path"]
             expected = leaf.args.get("expectedType")
@@ -254,7 +267,17 @@ class ScriptedEngine:
             return str(target)
         if leaf.field == "digest":
             return "sha256:" + "0" * 64
+        if leaf.field == "publish":
+            return self._publish(leaf.args["address"])
         return None
+
+    def _publish(self, address: str) -> str:
+        for key, errors in self.push_errors.items():
+            if address.endswith(key) and errors:
+                message = errors.pop(0)
+                raise TransportQueryError(message, errors=[{"message": message}])
+        self.pushed.append(address)
+        return f"{address}@{self.push_digests.get(address, self.push_digest)}"
 
     @staticmethod
     def _lookup(table: dict[str, Any], command: list[str] | None, default: Any) -> Any:
@@ -262,6 +285,19 @@ class ScriptedEngine:
             if _matches(command, key):
                 return value
         return default
+
+
+class CopyingEngine(ScriptedEngine):
+    """Also exports host directories by copying them, as an engine would."""
+
+    def __call__(self, calls: list[Call]) -> Any:
+        leaf = calls[-1]
+        if leaf.field == "name" and calls[-2].field == "directory":
+            return Path(calls[-2].args["path"]).name
+        if leaf.field == "export" and calls[-2].field == "directory":
+            shutil.copytree(calls[-2].args["path"], leaf.args["path"])
+            return leaf.args["path"]
+        return super().__call__(calls)
 
 
 def _last_command(calls: list[Call]) -> list[str] | None:

@@ -9,8 +9,6 @@ engine calls, with the source passed as a Directory ID.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +16,8 @@ from typing import Any
 
 import pytest
 from dagger.mod._exceptions import FunctionError
-from dagger_fixtures import read_registration
-from dagger_standin import Call, ScriptedEngine, StandInSession, find_calls
+from dagger_fixtures import call_function, read_registration, source_id
+from dagger_standin import Call, CopyingEngine, ScriptedEngine, StandInSession, find_calls
 
 from pipeline.steps import lint as lint_step
 
@@ -175,20 +173,69 @@ async def test_function_arguments(registration: Any) -> None:
             assert spec["description"], f"{name or 'constructor'}: {arg} has no help"
 
 
+STRING = ("STRING_KIND", None, False)
+PUBLISH_ARGS = {
+    "commit": STRING,
+    "environment": STRING,
+    "address": STRING,
+    "tag": STRING,
+    "username": STRING,
+    "password": ("OBJECT_KIND", "Secret", True),
+    "actor": STRING,
+}
+RELEASE_ARGS = {
+    "tag": STRING,
+    "commit": STRING,
+    "tool_source": ("OBJECT_KIND", "Directory", False),
+    "username": STRING,
+    "password": ("OBJECT_KIND", "Secret", True),
+    "secrets": ("LIST_KIND", "Secret", True),
+    "docker_socket": ("OBJECT_KIND", "Socket", True),
+    "kubeconfig": ("OBJECT_KIND", "Secret", True),
+    "approved_by": STRING,
+    "actor": STRING,
+}
+
+
+async def test_publish_arguments(registration: Any) -> None:
+    functions, _ = registration
+    args = functions["publish"]["args"]
+
+    assert {name: spec["type"] for name, spec in args.items()} == PUBLISH_ARGS
+    assert list(args) == list(PUBLISH_ARGS)
+    assert args["commit"]["default_value"] is None
+    for name in ("environment", "address", "tag", "username", "actor"):
+        assert args[name]["default_value"] == '""', name
+
+
+async def test_release_arguments(registration: Any) -> None:
+    functions, _ = registration
+    args = functions["release"]["args"]
+
+    assert {name: spec["type"] for name, spec in args.items()} == RELEASE_ARGS
+    assert list(args) == list(RELEASE_ARGS)
+    assert args["tag"]["default_value"] is None
+    assert args["commit"]["default_value"] is None
+    for name in ("username", "approved_by", "actor"):
+        assert args[name]["default_value"] == '""', name
+
+
+async def test_release_tool_source_default(registration: Any) -> None:
+    functions, _ = registration
+    tool_source = functions["release"]["args"]["tool_source"]
+
+    assert tool_source["default_path"] == "/"
+    assert tool_source["ignore"] == [
+        "*",
+        "!Dockerfile",
+        "!pyproject.toml",
+        "!README.md",
+        "!pipeline",
+        "**/__pycache__",
+    ]
+
+
 # -- invocation -------------------------------------------------------------
-
-
-class CopyingEngine(ScriptedEngine):
-    """Also exports host directories by copying them, as an engine would."""
-
-    def __call__(self, calls: list[Call]) -> Any:
-        leaf = calls[-1]
-        if leaf.field == "name" and calls[-2].field == "directory":
-            return Path(calls[-2].args["path"]).name
-        if leaf.field == "export" and calls[-2].field == "directory":
-            shutil.copytree(calls[-2].args["path"], leaf.args["path"])
-            return leaf.args["path"]
-        return super().__call__(calls)
 
 
 @pytest.fixture
@@ -199,30 +246,6 @@ def copying_engine() -> CopyingEngine:
 @pytest.fixture
 def scripted_engine(copying_engine: CopyingEngine) -> ScriptedEngine:
     return copying_engine
-
-
-async def source_id(session: StandInSession, path: Path) -> str:
-    from dagger import dag
-
-    return await dag.host().directory(str(path)).id()
-
-
-async def call_function(module_class: Any, name: str, source: str) -> Any:
-    """Invoke a function through the SDK entry that the engine calls."""
-    module = module_class.__dagger_module__
-    parent, _ = await module.get_structured_result("Ci", {}, "", {"source": source})
-    state = await module.unstructure(parent, module_class)
-    result, _ = await module.get_structured_result("Ci", state, name, {})
-    return result
-
-
-@pytest.fixture
-def module_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where the module's functions create their work folders."""
-    folder = tmp_path / "module-tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 async def test_lint_uses_passed_source(
@@ -291,17 +314,3 @@ async def test_lint_failure_raises_findings(
     message = str(failure.value)
     assert "failed: lint" in message
     assert "app.py:3:1: F401" in message
-
-
-async def test_publish_fails_loudly(
-    module_class: Any, global_session: StandInSession, sample_project: Path
-) -> None:
-    source = await source_id(global_session, sample_project)
-    module = module_class.__dagger_module__
-    parent, _ = await module.get_structured_result("Ci", {}, "", {"source": source})
-    state = await module.unstructure(parent, module_class)
-
-    with pytest.raises(FunctionError, match="publish is not implemented yet"):
-        await module.get_structured_result(
-            "Ci", state, "publish", {"address": "registry.test/app:1"}
-        )
