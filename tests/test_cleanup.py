@@ -29,6 +29,7 @@ def project_caches_removed(
     yield
     remove_project_caches(docker_client, tmp_path)
 
+
 SLOW_TEST = "import time\n\n\ndef test_slow():\n    time.sleep(120)\n"
 
 
@@ -92,4 +93,3 @@ def test_cache_volumes_kept(engine: docker.DockerClient, example_copy: Path, run
     keys = {volume.attrs["Labels"]["io.rgbridge.pipeline.cache"] for volume in caches}
     assert project_cache(Project(example_copy)).key in keys
     assert run_resources(engine, result.run_id) == []
-

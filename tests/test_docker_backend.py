@@ -48,7 +48,7 @@ def stream_text(stream: _TextStream, chunks: list[bytes]) -> str:
 
 def test_stream_keeps_split_characters() -> None:
     data = "größe ✓ 日本".encode()
-    chunks = [data[index : index + 1] for index in range(len(data))]
+    chunks = [data[index:index + 1] for index in range(len(data))]
 
     text = stream_text(_TextStream(Redactor()), chunks)
 
@@ -62,7 +62,7 @@ def test_stream_redacts_split_secret() -> None:
 
     text = stream_text(
         _TextStream(redactor_with(SECRET)),
-        [data[:middle], data[middle : middle + 3], data[middle + 3 :]],
+        [data[:middle], data[middle:middle + 3], data[middle + 3:]],
     )
 
     assert SECRET not in text
@@ -72,7 +72,7 @@ def test_stream_redacts_split_secret() -> None:
 @pytest.mark.parametrize("size", [1, 2, 5, 7, 64])
 def test_stream_redacts_any_chunking(size: int) -> None:
     data = f"a{SECRET}b{SECRET}{SECRET}é{SECRET[:5]}\n".encode()
-    chunks = [data[index : index + size] for index in range(0, len(data), size)]
+    chunks = [data[index:index + size] for index in range(0, len(data), size)]
 
     text = stream_text(_TextStream(redactor_with(SECRET)), chunks)
 

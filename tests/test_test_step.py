@@ -41,6 +41,7 @@ def project_caches_removed(
     yield
     remove_project_caches(docker_client, tmp_path)
 
+
 PACKAGE = {
     "pyproject.toml": (
         "[build-system]\nrequires = ['setuptools>=69']\nbuild-backend = 'setuptools.build_meta'\n"

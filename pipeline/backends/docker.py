@@ -155,7 +155,7 @@ class _Tail:
         joined = "".join(self._pieces)
         if len(joined) > self.limit:
             self.truncated = True
-            return joined[-self.limit :]
+            return joined[-self.limit:]
         return joined
 
 

@@ -84,7 +84,6 @@ def test_lint_without_shared_caches(
     assert run_resources(engine, result.run_id) == []
 
 
-
 def test_invalid_tag_names_client_error(
     engine: docker.DockerClient,
     project_factory: ProjectFactory,

@@ -1,0 +1,307 @@
+"""The reverse proxy in front of a Swarm service that has no routing mesh.
+
+Without IPVS a swarm cannot balance over virtual IPs, so a port the service
+publishes does not respond. The service then runs with endpoint mode dnsrr on
+an attachable overlay network, and an HAProxy container on that network
+publishes the port and spreads requests over ``tasks.<service>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import string
+import tarfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from ..errors import UsageError
+from .base import Progress
+
+MANAGED_BY_LABEL = "io.rgbridge.pipeline.managed-by"
+MANAGED_BY = "rgbridge-pipeline"
+SERVICE_LABEL = "io.rgbridge.pipeline.service"
+ENVIRONMENT_LABEL = "io.rgbridge.pipeline.environment"
+# A digest of the settings fixed when the container is created: image,
+# network and published address. A change of them means a new container.
+CONTAINER_LABEL = "io.rgbridge.pipeline.proxy-container"
+
+CONFIG_DIR = "/usr/local/etc/haproxy"
+CONFIG_FILE = "haproxy.cfg"
+# Folder and file of a new config while `haproxy -c` checks it, before it replaces the old one.
+CANDIDATE_DIR = "/tmp"
+CANDIDATE_FILE = "haproxy-candidate.cfg"
+# Port HAProxy listens on inside its container. It is above 1024 because
+# the official image runs HAProxy as an unprivileged user.
+LISTEN_PORT = 8080
+MIN_SERVER_SLOTS = 10
+# Seconds a new proxy must keep running before it counts as started.
+START_CHECK_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 10
+RELOAD_TIMEOUT_SECONDS = 10
+# Health paths are written into the HAProxy config unquoted, so they are
+# limited to characters that HAProxy reads literally there.
+HEALTH_PATH_FOR_PROXY = re.compile(r"/[A-Za-z0-9._~/%?=&:+,;@!*()-]*")
+
+
+def proxy_name(service: str) -> str:
+    return f"{service}-proxy"
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """Everything the proxy container of one service is made of."""
+
+    service: str
+    environment: str
+    network: str
+    image: str
+    bind: str
+    published_port: int
+    port: int
+    health_path: str
+    replicas: int
+
+    @property
+    def name(self) -> str:
+        return proxy_name(self.service)
+
+    @property
+    def slots(self) -> int:
+        """Server slots: room for every task during a start-first rollout."""
+        return max(MIN_SERVER_SLOTS, 2 * self.replicas)
+
+    def check(self) -> None:
+        """Raise UsageError when the health path cannot go into the config."""
+        if not HEALTH_PATH_FOR_PROXY.fullmatch(self.health_path):
+            raise UsageError(
+                f"health_path {self.health_path!r} contains characters the "
+                "HAProxy configuration cannot take unquoted",
+                hint="use letters, digits and / . _ ~ % ? = & : + , ; @ ! * ( ) - "
+                "in health_path, or publish through the routing mesh",
+            )
+
+    def config(self) -> str:
+        template = resources.files("pipeline").joinpath("deploy", "haproxy.cfg").read_text()
+        return string.Template(template).substitute(
+            service=self.service,
+            environment=self.environment,
+            listen_port=LISTEN_PORT,
+            health_path=self.health_path,
+            slots=self.slots,
+            port=self.port,
+        )
+
+    def container_fingerprint(self) -> str:
+        """Return a digest of the settings that only a new container can change."""
+        parts = [self.image, self.network, self.bind, str(self.published_port)]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def find(client: docker.DockerClient, service: str) -> Container | None:
+    """Return the proxy container of ``service``, or None.
+
+    Raises UsageError when a container of that name exists that the pipeline
+    did not create.
+    """
+    name = proxy_name(service)
+    try:
+        container = client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
+    labels = container.labels
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or labels.get(SERVICE_LABEL) != service:
+        raise UsageError(
+            f"a container named {name!r} exists that the pipeline did not create "
+            f"as the proxy of service {service!r}",
+            hint=f"remove or rename that container (docker rm -f {name}), or "
+            "choose another service name",
+        )
+    return container
+
+
+def ensure(
+    client: docker.DockerClient, spec: ProxySpec, progress: Progress
+) -> str:
+    """Create, keep, reload or replace the proxy so that it matches ``spec``.
+
+    Returns "created", "unchanged", "reloaded" or "recreated". A changed
+    config is reloaded in the running container, which keeps serving. A
+    changed image, network or published address needs a new container, and
+    requests fail while it replaces the old one.
+    """
+    spec.check()
+    fingerprint = spec.container_fingerprint()
+    current = find(client, spec.service)
+    if current is not None and current.labels.get(CONTAINER_LABEL) == fingerprint:
+        if current.status != "running":
+            current.start()
+            progress(f"proxy {spec.name}: started again")
+        if _read_config(current) == spec.config():
+            return "unchanged"
+        _reload(current, spec)
+        progress(f"proxy {spec.name}: configuration reloaded")
+        return "reloaded"
+    if current is not None:
+        progress(f"proxy {spec.name}: image, network or published address changed, replacing the container")
+        current.stop(timeout=STOP_TIMEOUT_SECONDS)
+        current.remove(force=True)
+    _pull(client, spec.image)
+    _create(client, spec, fingerprint)
+    progress(
+        f"proxy {spec.name}: serving on {spec.bind}:{spec.published_port} "
+        f"({spec.image}, network {spec.network})"
+    )
+    return "created" if current is None else "recreated"
+
+
+def remove(client: docker.DockerClient, service: str) -> bool:
+    """Remove the proxy of ``service``; False when there was none."""
+    container = find(client, service)
+    if container is None:
+        return False
+    container.remove(force=True)
+    return True
+
+
+def _pull(client: docker.DockerClient, image: str) -> None:
+    try:
+        client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.pull(image)
+    except docker.errors.APIError as exc:
+        raise UsageError(
+            f"cannot pull the proxy image {image!r}: {exc.explanation or exc}",
+            hint="set proxy_image to an HAProxy 2.x image the engine can pull "
+            "(scripts/setup provides haproxy:2.6 through the local mirror)",
+        ) from None
+
+
+def _create(client: docker.DockerClient, spec: ProxySpec, fingerprint: str) -> None:
+    """Create and start the proxy container; on failure leave no container behind."""
+    container = client.containers.create(
+        spec.image,
+        command=["haproxy", "-W", "-db", "-f", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        name=spec.name,
+        labels={
+            MANAGED_BY_LABEL: MANAGED_BY,
+            SERVICE_LABEL: spec.service,
+            ENVIRONMENT_LABEL: spec.environment,
+            CONTAINER_LABEL: fingerprint,
+        },
+        network=spec.network,
+        ports={f"{LISTEN_PORT}/tcp": (spec.bind, spec.published_port)},
+        restart_policy={"Name": "always"},
+        # HAProxy finishes the requests in progress on SIGUSR1.
+        stop_signal="SIGUSR1",
+    )
+    try:
+        container.put_archive(CONFIG_DIR, _config_archive(spec.config()))
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            reason = str(exc.explanation or exc)
+            if "address already in use" in reason or "port is already allocated" in reason:
+                reason = "the address is already in use"
+            raise UsageError(
+                f"the proxy {spec.name!r} cannot publish "
+                f"{spec.bind}:{spec.published_port}: {reason}",
+                hint="choose a free published_port, or stop what listens on it",
+            ) from None
+        time.sleep(START_CHECK_SECONDS)
+        container.reload()
+        if container.status != "running":
+            logs = container.logs(tail=20).decode(errors="replace")
+            raise UsageError(
+                f"the proxy {spec.name!r} ({spec.image}) exited at start:\n{logs}",
+                hint="check that proxy_image is HAProxy 2.x",
+            )
+    except BaseException:
+        container.remove(force=True)
+        raise
+
+
+def _read_config(container: Container) -> str | None:
+    """Return the config file in the container, None when it cannot be read."""
+    try:
+        chunks, _ = container.get_archive(f"{CONFIG_DIR}/{CONFIG_FILE}")
+    except docker.errors.APIError:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        member = archive.extractfile(CONFIG_FILE)
+        return None if member is None else member.read().decode(errors="replace")
+
+
+def _reload(container: Container, spec: ProxySpec) -> None:
+    """Check the new config, put it in place and make HAProxy load it.
+
+    In master-worker mode (``-W``) HAProxy reloads on SIGUSR2: the master
+    starts new workers with the new config and passes them the listening
+    sockets, and the old workers finish their requests. The master logs
+    "Loading success." or "Loading failure!" after each reload.
+    """
+    config = spec.config()
+    container.put_archive(CANDIDATE_DIR, _config_archive(config, CANDIDATE_FILE))
+    check = container.exec_run(["haproxy", "-c", "-f", f"{CANDIDATE_DIR}/{CANDIDATE_FILE}"])
+    if check.exit_code != 0:
+        raw = check.output if isinstance(check.output, bytes) else b"".join(check.output)
+        output = raw.decode(errors="replace")[-2000:]
+        raise UsageError(
+            f"the new configuration of proxy {spec.name!r} is invalid, so the old one stays:\n{output}",
+            hint="check health_path and port of the environment",
+        )
+    reloads_before = _reload_count(container)
+    container.put_archive(CONFIG_DIR, _config_archive(config))
+    container.kill(signal="SIGUSR2")
+    deadline = time.monotonic() + RELOAD_TIMEOUT_SECONDS
+    while True:
+        logs = _logs(container)
+        if logs.count("Reloading HAProxy") > reloads_before:
+            outcome = logs.rsplit("Reloading HAProxy", 1)[1]
+            if "Loading success." in outcome:
+                return
+            if "Loading failure" in outcome:
+                raise UsageError(
+                    f"proxy {spec.name!r} failed to load its new configuration and "
+                    f"keeps the old one:\n{outcome[-2000:]}",
+                    hint=f"see `docker logs {spec.name}`",
+                )
+        if time.monotonic() > deadline:
+            raise UsageError(
+                f"proxy {spec.name!r} did not confirm the reload within "
+                f"{RELOAD_TIMEOUT_SECONDS} s",
+                hint=f"see `docker logs {spec.name}`",
+            )
+        time.sleep(0.2)
+
+
+def _reload_count(container: Container) -> int:
+    return _logs(container).count("Reloading HAProxy")
+
+
+def _logs(container: Container) -> str:
+    output = container.logs()
+    if not isinstance(output, bytes):
+        output = b"".join(output)
+    return output.decode(errors="replace")
+
+
+def _config_archive(config: str, name: str = CONFIG_FILE) -> bytes:
+    data = config.encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        info.mtime = int(time.time())
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
