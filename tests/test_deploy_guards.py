@@ -217,3 +217,15 @@ def test_release_needing_approval_stops_before_ci(
     [line] = audit_lines(root)
     assert line["result"] == "refused"
     assert line["detail"] == "release prod-2026-12; no approval"
+
+
+def test_deploy_without_environments_points_at_project(
+    project_factory: ProjectFactory, run_cli: RunCli
+) -> None:
+    root = project_factory({"app.py": "X = 1\n"})
+
+    result = run_cli("deploy", "--env", "dev", "-C", str(root), f"127.0.0.1:5001/shop@{DIGEST}")
+
+    assert result.returncode == 2
+    assert "no environments are configured" in result.stderr
+    assert "-C PATH" in result.stderr

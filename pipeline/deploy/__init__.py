@@ -30,17 +30,24 @@ DIGEST_REFERENCE = re.compile(
 )
 
 
-def environment(settings: Settings, name: str) -> EnvironmentSettings:
+def environment(settings: Settings, name: str, project: Path | None = None) -> EnvironmentSettings:
     """The settings of one environment, or a UsageError that lists the others."""
     try:
         return settings.environments[name]
     except KeyError:
-        known = ", ".join(sorted(settings.environments)) or "none"
+        pass
+    where = f" in the settings of {project}" if project is not None else ""
+    if not settings.environments:
         raise UsageError(
-            f"unknown environment {name!r}; configured environments: {known}",
-            hint="add it as [environments." + name + "] to the settings, or "
-            "pick one of those",
-        ) from None
+            f"unknown environment {name!r}: no environments are configured{where}",
+            hint="pass the project that declares them with -C PATH (or --config "
+            f"FILE), or add [environments.{name}] to its settings",
+        )
+    known = ", ".join(sorted(settings.environments))
+    raise UsageError(
+        f"unknown environment {name!r}; configured environments{where}: {known}",
+        hint=f"add it as [environments.{name}] to the settings, or pick one of those",
+    )
 
 
 def check_reference(image: str, name: str, env: EnvironmentSettings) -> str:
@@ -146,7 +153,7 @@ class Deployer:
         self, name: str, image: str, approved_by: str | None, action: str = "deploy",
         detail: str = "",
     ) -> Outcome:
-        env = environment(self.settings, name)
+        env = environment(self.settings, name, self.project)
         check_reference(image, name, env)
         entry = Entry("deploy" if action == "deploy" else "promote", name, image, detail=detail)
         entry.approval = self.check_approval(name, approved_by, entry)
@@ -158,7 +165,7 @@ class Deployer:
         """Return who approved; record ``entry`` as refused and raise
         UsageError when the environment needs an approval and has none."""
         try:
-            return approval(name, environment(self.settings, name), approved_by)
+            return approval(name, environment(self.settings, name, self.project), approved_by)
         except UsageError:
             entry.result = "refused"
             entry.detail = _join(entry.detail, "no approval")
@@ -167,8 +174,8 @@ class Deployer:
 
     def promote(self, source: str, destination: str, approved_by: str | None) -> Outcome:
         """Deploy to ``destination`` the digest that ``source`` runs now."""
-        source_env = environment(self.settings, source)
-        destination_env = environment(self.settings, destination)
+        source_env = environment(self.settings, source, self.project)
+        destination_env = environment(self.settings, destination, self.project)
         if source == destination:
             raise UsageError(
                 f"cannot promote {source!r} to itself", hint="name two environments"
@@ -200,7 +207,7 @@ class Deployer:
         )
 
     def rollback(self, name: str) -> Outcome:
-        env = environment(self.settings, name)
+        env = environment(self.settings, name, self.project)
         entry = Entry("rollback", name, None)
         with self._connect(env, resource_name(name, env), name) as target:
             return self._roll_out(target, entry, lambda: target.rollback(self.progress))
