@@ -518,9 +518,10 @@ def main() -> None:
     try:
         exit_code = cli.main(standalone_mode=False)
     except PipelineError as exc:
-        stderr.print(f"[bold red]Error:[/] {escape(exc.message)}")
+        # Not wrapped, so that a message stays one line to search for in logs.
+        stderr.print(f"[bold red]Error:[/] {escape(exc.message)}", soft_wrap=True)
         if exc.hint:
-            stderr.print(f"Hint: {escape(exc.hint)}")
+            stderr.print(f"Hint: {escape(exc.hint)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
