@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from . import __version__
 from .errors import ConfigError
-from .secrets import Redactor
+from .secrets import Redactor, redact
 
 Action = Literal["publish", "deploy", "promote", "rollback"]
 Result = Literal["succeeded", "failed", "rolled_back", "refused"]
@@ -153,24 +153,56 @@ class Trail:
             entry.actor = actor(self.project)
         if not entry.ci:
             entry.ci = ci_context()
-        line = self.redactor(entry.to_json())
+        line = redact(self.redactor(entry.to_json()))
+        descriptor = self._open()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-            descriptor = os.open(self.path, flags, 0o640)
+            with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                handle.write(line + "\n")
+                handle.flush()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the audit trail {self.path}: {exc.strerror}; the "
+                f"line was: {line}",
+                hint="set audit.path to a writable file, and add the line by hand",
+            ) from exc
+        # Also into the CI log, which outlives a runner's disk.
+        if self.echo is not None:
+            self.echo(f"audit: {line}")
+        return line
+
+    def check(self) -> None:
+        """Raise ConfigError now when the trail cannot be written, so that an
+        action is refused before it changes anything rather than after."""
+        os.close(self._open())
+
+    def _open(self) -> int:
+        """Open the trail for appending, creating it and its folder."""
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(
+                f"cannot write the audit trail {self.path}: {parent} is not a folder",
+                hint="set audit.path to a file in a folder",
+            )
+        if self.path.is_symlink():
+            raise ConfigError(
+                f"the audit trail {self.path} is a symbolic link, which is not followed",
+                hint="remove the link, or set audit.path to the file itself",
+            )
+        if self.path.exists() and not self.path.is_file():
+            raise ConfigError(
+                f"the audit trail {self.path} is not a regular file",
+                hint="set audit.path to a regular file, such as .pipeline/audit.jsonl",
+            )
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(self.path, flags, 0o640)
         except OSError as exc:
             raise ConfigError(
                 f"cannot write the audit trail {self.path}: {exc.strerror}",
                 hint="set audit.path to a writable file",
             ) from exc
-        with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            handle.write(line + "\n")
-            handle.flush()
-        # Also into the CI log, which outlives a runner's disk.
-        if self.echo is not None:
-            self.echo(f"audit: {line}")
-        return line
 
     def entries(self) -> list[dict[str, Any]]:
         """Every line of the trail, oldest first; an absent file has none."""

@@ -7,7 +7,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .project import Project
 from .reports import RECORD_FILE_NAME
 from .reports import github_annotations, gitlab_sections
 from .results import Status, StepResult
-from .secrets import Redactor
+from .secrets import Redactor, redact
 from .run import Prepared, RunRecord, execute, prepare, write_record
 from .scaffold import DEFAULT_MODULE, DEFAULT_REQUIREMENT, Wrappers, init_project
 from .steps import build as build_step
@@ -121,9 +122,11 @@ def _run(
         # even when no engine is reachable.
         build_step.describe(prepared.context)
     if publish_step.NAME in names:
-        # The environment, a committed tree and the credentials' references,
-        # before the build, so that nothing runs for a publish that cannot be.
+        # The environment, a committed tree, the credentials' references and
+        # the audit trail, before the build, so that nothing runs for a
+        # publish that cannot be done or recorded.
         publish_step.check(prepared.context, prepared.redactor)
+        _trail(prepared.project.path, prepared.settings, prepared.redactor).check()
     stderr.print(f"engine: {choice.describe()}", highlight=False)
     record = anyio.run(_run_async, prepared, steps, names)
     _report(record, as_json)
@@ -221,6 +224,11 @@ def _first_pipeline_error(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 def _report(record: RunRecord, as_json: bool) -> None:
+    for result in record.results:
+        # A step's summary may quote a registry's or tool's message that
+        # repeats a credential, such as a rejected user name.
+        result.summary = redact(result.summary)
+        result.output = redact(result.output)
     record_path = write_record(record)
     if record.results:
         stderr.print(summary_table(record.results))
@@ -373,6 +381,30 @@ def approval_option(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into Interrupted while a deploy runs.
+
+    The exception unwinds through the target, which removes what a first
+    deploy created, and through the audit trail, which records the attempt.
+    """
+
+    def stop(number: int, frame: object) -> None:
+        name = signal.Signals(number).name
+        raise Interrupted(
+            f"received {name} during the deploy; the orchestrator may still "
+            "finish or roll back the rollout that had started",
+            hint="check what the environment runs before deploying again",
+        )
+
+    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def _deployer(project_path: Path, config_file: Path | None) -> Deployer:
     # Deploys read only the settings; the folder need not be a Python project.
     root = project_path.resolve()
@@ -432,7 +464,8 @@ def deploy(
     tags are refused, so that every environment names the very image it runs.
     """
     deployer = _deployer(project_path, config_file)
-    outcome = deployer.deploy(environment, image, approved_by)
+    with _interruptible():
+        outcome = deployer.deploy(environment, image, approved_by)
     _print_outcome("deploy", environment, outcome, as_json)
 
 
@@ -451,7 +484,8 @@ def promote(
 ) -> None:
     """Deploy the digest that one environment runs to another, without a rebuild."""
     deployer = _deployer(project_path, config_file)
-    outcome = deployer.promote(source, destination, approved_by)
+    with _interruptible():
+        outcome = deployer.promote(source, destination, approved_by)
     _print_outcome("promote", destination, outcome, as_json)
 
 
@@ -461,7 +495,8 @@ def promote(
 def rollback(environment: str, project_path: Path, config_file: Path | None, as_json: bool) -> None:
     """Return an environment to the image it ran before its last deploy."""
     deployer = _deployer(project_path, config_file)
-    outcome = deployer.rollback(environment)
+    with _interruptible():
+        outcome = deployer.rollback(environment)
     _print_outcome("rollback", environment, outcome, as_json)
 
 
@@ -485,6 +520,7 @@ def release(
     tag = project.git.tag if project.git is not None else None
     name = release_environment(settings, tag)
     deployer = _deployer(project.path, config_file)
+    deployer.trail.check()
     deployer.check_approval(name, approved_by, Entry("deploy", name, None, detail=f"release {tag}"))
     stderr.print(f"release: {escape(str(tag))} goes to {escape(name)}", highlight=False)
     try:
@@ -496,7 +532,8 @@ def release(
     published = prepared.context.published
     if published is None:  # the publish step passed, so it set this
         raise StepFailed("publish passed but recorded no image reference")
-    outcome = deployer.deploy(name, published.reference, approved_by, detail=f"release {tag}")
+    with _interruptible():
+        outcome = deployer.deploy(name, published.reference, approved_by, detail=f"release {tag}")
     _print_outcome("deploy", name, outcome, as_json=False)
     if as_json:
         document = {
@@ -519,9 +556,9 @@ def main() -> None:
         exit_code = cli.main(standalone_mode=False)
     except PipelineError as exc:
         # Not wrapped, so that a message stays one line to search for in logs.
-        stderr.print(f"[bold red]Error:[/] {escape(exc.message)}", soft_wrap=True)
+        stderr.print(f"[bold red]Error:[/] {escape(redact(exc.message))}", soft_wrap=True)
         if exc.hint:
-            stderr.print(f"Hint: {escape(exc.hint)}", soft_wrap=True)
+            stderr.print(f"Hint: {escape(redact(exc.hint))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

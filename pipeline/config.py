@@ -15,6 +15,7 @@ Sources, lowest precedence first:
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import json
 import os
 import re
@@ -319,15 +320,29 @@ def check_health_path(value: str) -> str:
 
 
 def check_url(value: str) -> str:
-    if re.fullmatch(r"https?://[^\s/]+(?:/\S*)?", value):
+    if re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s?#]*)?", value):
         return value.rstrip("/")
-    raise ValueError("write an http:// or https:// URL such as 'https://app.example.com'")
+    raise ValueError(
+        "write an http:// or https:// URL without query or fragment, such as "
+        "'https://app.example.com'; the health path is added to it"
+    )
+
+
+def check_ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(
+            "not an IP address; write the host address to publish on, such as "
+            "'127.0.0.1', or '0.0.0.0' for every interface"
+        ) from None
 
 
 SecretReference = Annotated[str, AfterValidator(check_secret_reference)]
 ObjectName = Annotated[str, AfterValidator(check_object_name)]
 HealthPath = Annotated[str, AfterValidator(check_health_path)]
 Url = Annotated[str, AfterValidator(check_url)]
+IpAddress = Annotated[str, AfterValidator(check_ip_address)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -391,7 +406,7 @@ class SwarmSettings(Section):
     published_port: Port | None = Field(
         None, description="Port published on the hosts (ingress) or by the proxy."
     )
-    proxy_bind: str = Field(
+    proxy_bind: IpAddress = Field(
         "127.0.0.1", description="Host address the proxy publishes its port on."
     )
     proxy_image: ImageReference = Field(
@@ -474,6 +489,13 @@ class EnvironmentSettings(Section):
         "release` deploys to this environment.",
     )
 
+    @field_validator("release_tags")
+    @classmethod
+    def _check_patterns(cls, value: list[str]) -> list[str]:
+        if any(not pattern.strip() for pattern in value):
+            raise ValueError("empty tag pattern; write a pattern such as 'v*'")
+        return value
+
     @field_validator("secrets", "env")
     @classmethod
     def _check_names(cls, value: dict[str, str]) -> dict[str, str]:
@@ -489,8 +511,9 @@ class EnvironmentSettings(Section):
 class AuditSettings(Section):
     path: str = Field(
         ".pipeline/audit.jsonl",
-        description="File the audit trail appends to: relative to the project, "
-        "or absolute.",
+        description="File the audit trail appends to, relative to the project "
+        "and inside it. PIPELINE_AUDIT__PATH and the user config may also give "
+        "an absolute path.",
     )
 
 
@@ -877,6 +900,14 @@ JSON_EXAMPLES = {
 }
 
 
+def _shown_variable(name: str, value: str) -> str:
+    """Show a variable with its value, unless the value may hold a secret,
+    as environment tables may (registry passwords put in by mistake)."""
+    if name.upper().startswith(env_var_name(("environments",))):
+        return f"{name} (value not shown)"
+    return f"{name}={value!r}"
+
+
 def describe_env_error(exc: SettingsError) -> ConfigError:
     """Name the PIPELINE_* variables whose JSON pydantic-settings could not parse.
 
@@ -910,7 +941,7 @@ def describe_env_error(exc: SettingsError) -> ConfigError:
             f"{ENV_PREFIX}LINT__PATHS='[\"src\", \"tests\"]'",
         )
     lines = [
-        f"{name}={value!r} is not valid JSON ({reason}); it takes a JSON "
+        f"{_shown_variable(name, value)} is not valid JSON ({reason}); it takes a JSON "
         f"{'list' if kind == 'list' else 'object'}, for example "
         f"{name}={JSON_EXAMPLES[kind]}"
         for name, value, kind, reason in invalid
@@ -930,6 +961,7 @@ PROJECT_PATHS: tuple[tuple[str, ...], ...] = (
     ("scan", "ignorefile"),
     ("lint", "config"),
     ("reports_dir",),
+    ("audit", "path"),
 )
 
 
@@ -963,6 +995,10 @@ def _path_problem(value: str, project_dir: Path, loc: tuple[str, ...]) -> str | 
     return None
 
 
+# Path settings that may be absolute when the host, not the project, sets them.
+HOST_ABSOLUTE_PATHS = (("reports_dir",), ("audit", "path"))
+
+
 def _host_origin(origin: str) -> bool:
     """Whether a value came from the host (a variable, the user config or a
     flag) rather than from the project's own files."""
@@ -984,9 +1020,10 @@ def check_paths(
         if value is None:
             continue
         origin = _origin(loc, layers)
-        if loc == ("reports_dir",) and Path(value).is_absolute() and _host_origin(origin):
-            # The CI job or the user, not the project, chose a folder
-            # outside it (GitLab keeps artifacts only under $CI_PROJECT_DIR).
+        if loc in HOST_ABSOLUTE_PATHS and Path(value).is_absolute() and _host_origin(origin):
+            # The CI job or the user, not the project, chose a place outside
+            # it (GitLab keeps artifacts only under $CI_PROJECT_DIR; an
+            # audit trail may live on storage that outlives a runner).
             continue
         problem = _path_problem(value, root, loc)
         if problem is not None:

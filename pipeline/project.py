@@ -97,6 +97,27 @@ def _git(path: Path, *args: str) -> str | None:
     return output.decode(errors="replace").strip()
 
 
+RELEASE_TAG = re.compile(r"v\d+\.\d+\.\d+(?:[-+].*)?")
+
+
+def _release_tag(tags: str) -> str | None:
+    """Pick the commit's tag: a release tag (vX.Y.Z) before any other, the
+    highest version first, so that a build tag beside it changes nothing."""
+    names = [name for name in tags.splitlines() if name.strip()]
+    if not names:
+        return None
+    releases = [name for name in names if RELEASE_TAG.fullmatch(name)]
+    if releases:
+        return max(releases, key=_version_key)
+    return sorted(names)[0]
+
+
+def _version_key(tag: str) -> tuple[int, int, int, int]:
+    major, minor, patch = (int(part) for part in re.findall(r"\d+", tag)[:3])
+    # A pre-release (v1.4.0-rc.1) sorts before its release (v1.4.0).
+    return major, minor, patch, 0 if re.search(r"-", tag) else 1
+
+
 def _public_url(url: str | None) -> str | None:
     """Drop credentials from a remote URL before it goes into an image label."""
     if url is None:
@@ -311,7 +332,7 @@ class Project:
         commit = _git(self.path, "rev-parse", "HEAD")
         if commit is None:
             return None
-        tag = _git(self.path, "describe", "--tags", "--exact-match", "HEAD")
+        tag = _release_tag(_git(self.path, "tag", "--points-at", "HEAD") or "")
         remote = _git(self.path, "remote", "get-url", "origin")
         excluded = [f":(exclude,literal){folder}" for folder in self._state_dirs()]
         status = _git(self.path, "status", "--porcelain", "--", ".", *excluded)

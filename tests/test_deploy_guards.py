@@ -229,3 +229,42 @@ def test_deploy_without_environments_points_at_project(
     assert result.returncode == 2
     assert "no environments are configured" in result.stderr
     assert "-C PATH" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["symlink", "device", "parent-is-file"])
+def test_unwritable_audit_trail_stops_deploy_first(
+    project: Path, run_cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    if kind == "symlink":
+        trail = tmp_path / "link.jsonl"
+        trail.symlink_to(tmp_path / "elsewhere.jsonl")
+        message = "is a symbolic link"
+    elif kind == "device":
+        trail = Path("/dev/null")
+        message = "is not a regular file"
+    else:
+        (tmp_path / "plain").write_text("")
+        trail = tmp_path / "plain" / "audit.jsonl"
+        message = "is not a folder"
+
+    result = run_cli(
+        "deploy", "--env", "staging", "-C", str(project), f"127.0.0.1:5001/shop@{DIGEST}",
+        env={"PIPELINE_AUDIT__PATH": str(trail)},
+    )
+
+    assert result.returncode == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_project_cannot_put_audit_trail_outside(
+    project_factory: ProjectFactory, run_cli: RunCli, tmp_path: Path
+) -> None:
+    settings = SETTINGS + f'\n[audit]\npath = "{tmp_path}/outside.jsonl"\n'
+    root = project_factory({"pipeline.toml": settings})
+
+    result = run_cli("rollback", "--env", "staging", "-C", str(root))
+
+    assert result.returncode == 2
+    assert "'audit.path'" in result.stderr
+    assert not (tmp_path / "outside.jsonl").exists()

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import REPOSITORY_NAME
 from pipeline.errors import ConfigError, UsageError
-from pipeline.project import ALWAYS_EXCLUDED, Project
+from pipeline.project import ALWAYS_EXCLUDED, Project, _release_tag
 
 from conftest import ProjectFactory, git_init
 
@@ -420,3 +420,17 @@ def test_long_name_truncated(tmp_path: Path) -> None:
 
     assert len(name) <= 128
     assert REPOSITORY_NAME.fullmatch(name)
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ("build-42\nv1.5.0", "v1.5.0"),
+        ("v1.4.0-rc.1\nv1.4.0", "v1.4.0"),
+        ("v1.10.0\nv1.9.0", "v1.10.0"),
+        ("nightly\nbuild", "build"),
+        ("", None),
+    ],
+)
+def test_release_tag_preferred(tags: str, expected: str | None) -> None:
+    assert _release_tag(tags) == expected

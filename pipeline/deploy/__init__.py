@@ -9,7 +9,9 @@ a target is touched, and every attempt ends as one line of the audit trail.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +74,11 @@ def check_reference(image: str, name: str, env: EnvironmentSettings) -> str:
 def approval(name: str, env: EnvironmentSettings, approved_by: str | None) -> str | None:
     """Return who approved, raising UsageError when the environment needs it."""
     approved_by = (approved_by or "").strip() or None
+    if approved_by is not None and not approved_by.isprintable():
+        raise UsageError(
+            f"invalid approver name {approved_by!r}: it contains control characters",
+            hint="pass the approver's user name or e-mail address",
+        )
     if env.approval and approved_by is None:
         raise UsageError(
             f"environment {name!r} needs an approval, and none was given",
@@ -155,10 +162,11 @@ class Deployer:
     ) -> Outcome:
         env = environment(self.settings, name, self.project)
         check_reference(image, name, env)
+        self.trail.check()
         entry = Entry("deploy" if action == "deploy" else "promote", name, image, detail=detail)
         entry.approval = self.check_approval(name, approved_by, entry)
         release = self._release(name, env, image)
-        with self._connect(env, release.name, name) as target:
+        with self._exclusive(name), self._connect(env, release.name, name) as target:
             return self._roll_out(target, entry, lambda: target.deploy(release, self.progress))
 
     def check_approval(self, name: str, approved_by: str | None, entry: Entry) -> str | None:
@@ -209,8 +217,36 @@ class Deployer:
     def rollback(self, name: str) -> Outcome:
         env = environment(self.settings, name, self.project)
         entry = Entry("rollback", name, None)
-        with self._connect(env, resource_name(name, env), name) as target:
+        self.trail.check()
+        with self._exclusive(name), self._connect(env, resource_name(name, env), name) as target:
             return self._roll_out(target, entry, lambda: target.rollback(self.progress))
+
+    @contextmanager
+    def _exclusive(self, name: str) -> Iterator[None]:
+        """Hold this machine's lock on the environment, or raise UsageError.
+
+        Two rollouts to one environment at once would each see the other as
+        a failure and roll it back. The lock file sits beside the audit trail,
+        so it only covers runs on this machine with the same trail; CI jobs
+        get the same guarantee from their concurrency groups.
+        """
+        path = self.trail.path.with_name(f".{self.trail.path.name}.{name}.lock")
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise UsageError(f"cannot create the deploy lock {path}: {exc.strerror}") from exc
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(
+                    f"another deploy, promote or rollback of environment {name!r} "
+                    f"is running on this machine (lock {path})",
+                    hint="wait for it to finish, then check what the environment runs",
+                ) from None
+            yield
+        finally:
+            os.close(descriptor)
 
     @contextmanager
     def _connect(self, env: EnvironmentSettings, resource: str, name: str) -> Iterator[Target]:

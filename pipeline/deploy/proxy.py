@@ -54,6 +54,11 @@ def proxy_name(service: str) -> str:
     return f"{service}-proxy"
 
 
+def next_proxy_name(service: str) -> str:
+    """Name a replacement proxy while it starts next to the one it replaces."""
+    return f"{service}-proxy-next"
+
+
 @dataclass(frozen=True)
 class ProxySpec:
     """Everything the proxy container of one service is made of."""
@@ -110,7 +115,10 @@ def find(client: docker.DockerClient, service: str) -> Container | None:
     Raises UsageError when a container of that name exists that the pipeline
     did not create.
     """
-    name = proxy_name(service)
+    return _find_named(client, proxy_name(service), service)
+
+
+def _find_named(client: docker.DockerClient, name: str, service: str) -> Container | None:
     try:
         container = client.containers.get(name)
     except docker.errors.NotFound:
@@ -126,6 +134,15 @@ def find(client: docker.DockerClient, service: str) -> Container | None:
     return container
 
 
+@dataclass
+class Staged:
+    """A new proxy container that runs under a temporary name next to the old one."""
+
+    container: Container
+    old: Container
+    spec: ProxySpec
+
+
 def ensure(
     client: docker.DockerClient, spec: ProxySpec, progress: Progress
 ) -> str:
@@ -133,8 +150,10 @@ def ensure(
 
     Returns "created", "unchanged", "reloaded" or "recreated". A changed
     config is reloaded in the running container, which keeps serving. A
-    changed image, network or published address needs a new container, and
-    requests fail while it replaces the old one.
+    changed image, network or published address needs a new container. The
+    old container keeps running until the new one has started, except when
+    both publish the same address: then requests fail while the new one
+    starts, and the old one starts again when the new one fails.
     """
     spec.check()
     fingerprint = spec.container_fingerprint()
@@ -148,17 +167,106 @@ def ensure(
         _reload(current, spec)
         progress(f"proxy {spec.name}: configuration reloaded")
         return "reloaded"
-    if current is not None:
-        progress(f"proxy {spec.name}: image, network or published address changed, replacing the container")
+    if current is None:
+        _pull(client, spec.image)
+        _create(client, spec, fingerprint, spec.name)
+    elif _published_address(current) != (spec.bind, spec.published_port):
+        staged = stage(client, spec, progress)
+        assert staged is not None, "stage() returns None only for the same published address"
+        _put_in_place(staged)
+    else:
+        progress(f"proxy {spec.name}: image or network changed, replacing the container")
+        _pull(client, spec.image)
+        # The new container needs the published port, so the old one stops first.
         current.stop(timeout=STOP_TIMEOUT_SECONDS)
-        current.remove(force=True)
-    _pull(client, spec.image)
-    _create(client, spec, fingerprint)
+        try:
+            staged = _start_next(client, spec, fingerprint, current)
+        except BaseException:
+            current.start()
+            progress(f"proxy {spec.name}: the old container serves again")
+            raise
+        _put_in_place(staged)
     progress(
         f"proxy {spec.name}: serving on {spec.bind}:{spec.published_port} "
         f"({spec.image}, network {spec.network})"
     )
     return "created" if current is None else "recreated"
+
+
+def stage(client: docker.DockerClient, spec: ProxySpec, progress: Progress) -> Staged | None:
+    """Start the new proxy next to the old one when the published address changes.
+
+    Both then serve, each on its own address, until ``commit`` removes the
+    old one or ``discard`` the new one. Returns None, and changes nothing,
+    when there is no proxy yet or the published address stays: ``ensure``
+    handles those. Raises UsageError, with the old proxy untouched, when the
+    new one cannot start, for example because its port is in use.
+    """
+    spec.check()
+    current = find(client, spec.service)
+    if current is None:
+        return None
+    old_address = _published_address(current)
+    if old_address == (spec.bind, spec.published_port):
+        return None
+    old = "nothing" if old_address is None else f"{old_address[0]}:{old_address[1]}"
+    progress(f"proxy {spec.name}: published address changes from {old}, starting a new container next to the old one")
+    _pull(client, spec.image)
+    try:
+        staged = _start_next(client, spec, spec.container_fingerprint(), current)
+    except UsageError as exc:
+        raise UsageError(
+            f"{exc.message}. Nothing was changed: the old proxy still serves {old} "
+            "and the service keeps its spec",
+            hint=exc.hint,
+        ) from None
+    progress(f"proxy {spec.name}: new container serves on {spec.bind}:{spec.published_port}")
+    return staged
+
+
+def commit(staged: Staged, progress: Progress) -> None:
+    """Remove the old proxy and give the staged one its name."""
+    _put_in_place(staged)
+    spec = staged.spec
+    progress(
+        f"proxy {spec.name}: serving on {spec.bind}:{spec.published_port} "
+        f"({spec.image}, network {spec.network})"
+    )
+
+
+def discard(staged: Staged) -> None:
+    """Remove the staged proxy; the old one has kept serving."""
+    try:
+        staged.container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+
+
+def _start_next(
+    client: docker.DockerClient, spec: ProxySpec, fingerprint: str, old: Container
+) -> Staged:
+    """Create and start the new proxy under its temporary name."""
+    name = next_proxy_name(spec.service)
+    leftover = _find_named(client, name, spec.service)
+    if leftover is not None:
+        # An earlier deploy stopped between starting this container and renaming it.
+        leftover.remove(force=True)
+    container = _create(client, spec, fingerprint, name)
+    return Staged(container, old, spec)
+
+
+def _put_in_place(staged: Staged) -> None:
+    staged.old.stop(timeout=STOP_TIMEOUT_SECONDS)
+    staged.old.remove(force=True)
+    staged.container.rename(staged.spec.name)
+
+
+def _published_address(container: Container) -> tuple[str, int] | None:
+    """Return the host address and port the proxy container publishes."""
+    bindings = (container.attrs.get("HostConfig") or {}).get("PortBindings") or {}
+    for binding in bindings.get(f"{LISTEN_PORT}/tcp") or []:
+        return str(binding.get("HostIp") or ""), int(binding.get("HostPort") or 0)
+    return None
 
 
 def remove(client: docker.DockerClient, service: str) -> bool:
@@ -186,12 +294,12 @@ def _pull(client: docker.DockerClient, image: str) -> None:
         ) from None
 
 
-def _create(client: docker.DockerClient, spec: ProxySpec, fingerprint: str) -> None:
+def _create(client: docker.DockerClient, spec: ProxySpec, fingerprint: str, name: str) -> Container:
     """Create and start the proxy container; on failure leave no container behind."""
     container = client.containers.create(
         spec.image,
         command=["haproxy", "-W", "-db", "-f", f"{CONFIG_DIR}/{CONFIG_FILE}"],
-        name=spec.name,
+        name=name,
         labels={
             MANAGED_BY_LABEL: MANAGED_BY,
             SERVICE_LABEL: spec.service,
@@ -215,7 +323,8 @@ def _create(client: docker.DockerClient, spec: ProxySpec, fingerprint: str) -> N
             raise UsageError(
                 f"the proxy {spec.name!r} cannot publish "
                 f"{spec.bind}:{spec.published_port}: {reason}",
-                hint="choose a free published_port, or stop what listens on it",
+                hint=f"set published_port to a free port, or stop what listens on "
+                f"{spec.bind}:{spec.published_port}",
             ) from None
         time.sleep(START_CHECK_SECONDS)
         container.reload()
@@ -228,6 +337,7 @@ def _create(client: docker.DockerClient, spec: ProxySpec, fingerprint: str) -> N
     except BaseException:
         container.remove(force=True)
         raise
+    return container
 
 
 def _read_config(container: Container) -> str | None:

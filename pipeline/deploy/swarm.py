@@ -139,6 +139,7 @@ class SwarmTarget:
             return self._keep(client, service, release, proxy_spec, progress)
 
         created = _Created()
+        staged: proxy.Staged | None = None
         try:
             network_id = self._ensure_network(client, network, created)
             secrets = self._ensure_secrets(client, release, created)
@@ -147,15 +148,26 @@ class SwarmTarget:
                 # port that is taken fails the deploy before the service exists.
                 proxy.ensure(client, proxy_spec, progress)
                 created.proxy = True
+            elif proxy_spec is not None:
+                # A new published address gets its own proxy container before
+                # the service changes, so that a port that is taken fails the
+                # deploy while the old proxy and service keep serving.
+                staged = proxy.stage(client, proxy_spec, progress)
             spec = self._service_spec(release, secrets, network_id, fingerprint)
             if service is None:
                 self._create(client, spec, release, progress, created)
             else:
                 self._update(client, service, spec, release, progress)
-            if proxy_spec is not None:
+            if proxy_spec is not None and staged is None:
                 proxy.ensure(client, proxy_spec, progress)
             self._check_url(release, progress, rolls_back=service is not None)
+            if staged is not None:
+                proxy.commit(staged, progress)
+                staged = None
         except BaseException as exc:
+            if staged is not None:
+                proxy.discard(staged)
+                progress(f"proxy {proxy.proxy_name(self.name)}: new container removed, the old one keeps serving")
             if service is None:
                 self._remove_created(client, created, progress)
                 if isinstance(exc, DeployFailed) and created.service is not None:

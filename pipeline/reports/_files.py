@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import UsageError
+from ..secrets import redact
 
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -96,8 +97,11 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write ``text`` as UTF-8 to a new file at ``path``, replacing any file or link."""
-    return write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` as UTF-8 to a new file at ``path``, replacing any file or link.
+
+    Every secret value resolved in this process is replaced first.
+    """
+    return write_bytes(path, redact(text).encode("utf-8"))
 
 
 @contextmanager

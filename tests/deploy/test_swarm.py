@@ -41,6 +41,11 @@ def service_spec(client: docker.DockerClient, name: str) -> dict[str, object]:
     return spec
 
 
+def client_service(client: docker.DockerClient, name: str) -> dict[str, object]:
+    service: dict[str, object] = client.api.inspect_service(name)
+    return service
+
+
 def spec_image(client: docker.DockerClient, name: str) -> str:
     return str(client.api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
 
@@ -409,6 +414,84 @@ def test_taken_port_creates_nothing(
         with pytest.raises(UsageError, match=f"cannot publish 127.0.0.1:{service.port}"):
             service.target.deploy(service.release(app_images["v1"]), service.progress)
     assert managed_resources(swarm_engine, service.name, settle=True) == []
+
+
+def test_taken_port_on_redeploy_keeps_serving(
+    swarm_engine: docker.DockerClient,
+    app_images: dict[str, str],
+    deployment: DeploymentFactory,
+    poller: StartPoller,
+) -> None:
+    import socket
+
+    service = deployment()
+    service.target.deploy(service.release(app_images["v1"]), service.progress)
+    spec_before = client_service(swarm_engine, service.name)
+    proxy_before = swarm_engine.containers.get(proxy_name(service.name)).id
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = int(listener.getsockname()[1])
+        moved = SwarmTarget(
+            service.settings.target.model_copy(update={"published_port": taken}), service.name, "test"
+        )
+        polling = poller(service.url)
+        time.sleep(0.5)
+        try:
+            release = service.release(app_images["v2"], url=f"http://127.0.0.1:{taken}")
+            with pytest.raises(UsageError) as raised:
+                moved.deploy(release, service.progress)
+        finally:
+            moved.close()
+        time.sleep(0.5)
+        polling.stop()
+
+    error = raised.value
+    assert f"cannot publish 127.0.0.1:{taken}" in error.message
+    assert f"still serves 127.0.0.1:{service.port}" in error.message
+    assert error.hint is not None
+    assert "published_port" in error.hint
+    assert polling.failures == []
+    assert set(polling.versions) == {"v1"}
+    assert request_text(service.url) == "version v1"
+    spec_after = client_service(swarm_engine, service.name)
+    assert spec_after["Version"] == spec_before["Version"]
+    assert spec_after["Spec"] == spec_before["Spec"]
+    assert swarm_engine.containers.get(proxy_name(service.name)).id == proxy_before
+    assert sorted(managed_resources(swarm_engine, service.name)) == sorted(
+        [service.name, proxy_name(service.name), f"{service.name}-net"]
+    )
+
+
+def test_failed_proxy_image_restores_old(
+    swarm_engine: docker.DockerClient,
+    app_images: dict[str, str],
+    deployment: DeploymentFactory,
+) -> None:
+    # The new proxy publishes the same address, so the old one stops first
+    # and must start again when the new one fails: python:3.11-slim has no
+    # haproxy executable.
+    service = deployment()
+    service.target.deploy(service.release(app_images["v1"]), service.progress)
+    proxy_before = swarm_engine.containers.get(proxy_name(service.name)).id
+    broken = SwarmTarget(
+        service.settings.target.model_copy(update={"proxy_image": "python:3.11-slim"}), service.name, "test"
+    )
+    try:
+        with pytest.raises(UsageError, match="proxy"):
+            broken.deploy(service.release(app_images["v1"]), service.progress)
+    finally:
+        broken.close()
+
+    proxy = swarm_engine.containers.get(proxy_name(service.name))
+    assert proxy.id == proxy_before
+    assert proxy.status == "running"
+    assert request_text(service.url) == "version v1"
+    assert any("the old container serves again" in message for message in service.messages)
+    assert sorted(managed_resources(swarm_engine, service.name)) == sorted(
+        [service.name, proxy_name(service.name), f"{service.name}-net"]
+    )
 
 
 def test_rollback_without_previous(
