@@ -10,11 +10,14 @@ RUN apt-get update \
 WORKDIR /opt/pipeline
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
+# Optional extras, such as "kubernetes" (kubectl and the manifest schemas)
+# for images that deploy to Kubernetes: --build-arg EXTRAS=kubernetes.
+ARG EXTRAS=""
 # A build secret named "ca" lets pip trust a TLS-inspecting proxy; without
 # one, pip uses the CA bundle of the base image.
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    pip install --no-cache-dir . && pipeline --version
+    pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" && pipeline --version
 
 RUN useradd --uid 10001 --create-home pipeline
 USER 10001

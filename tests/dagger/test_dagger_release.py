@@ -511,8 +511,8 @@ async def test_release_kubernetes_kubeconfig(
     assert env["REGISTRY_USER"] == "robot"
     assert "DOCKER_HOST" not in env
     assert find_calls(calls, "withUnixSocket") == []
-    installs = [call.args["args"] for call in find_calls(calls, "withExec")[:-1]]
-    assert ["pip", "install", "--no-cache-dir", "/opt/pipeline[kubernetes]"] in installs
+    [build] = find_calls(calls, "dockerBuild")
+    assert build.args["buildArgs"] == [{"name": "EXTRAS", "value": "kubernetes"}]
     command = find_calls(calls, "withExec")[-1].args["args"]
     assert command[command.index("--approved-by") + 1] == "lead"
     assert command[command.index("--env") + 1] == "prod"
