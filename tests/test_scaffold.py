@@ -303,3 +303,26 @@ def test_ci_passes_after_init(
     assert result.returncode == 0, result.output
     for step in ("lint", "test", "build", "scan"):
         assert result.step(step)["status"] == "passed", step
+
+
+@pytest.mark.parametrize("table", ["", "tool.pipeline."])
+def test_environment_example_valid_when_uncommented(
+    project_factory: ProjectFactory, table: str
+) -> None:
+    from pipeline.config import load_settings
+
+    text = scaffold.render("config.toml", table=table)
+    uncommented = "\n".join(
+        line[2:] if line.startswith("# [") or line.startswith("# registry") or line.startswith(
+            ("# target", "# url", "# release_tags", "# approval")
+        ) else line
+        for line in text.splitlines()
+    )
+    name = "pipeline.toml" if not table else "pyproject.toml"
+    root = project_factory({name: uncommented, "requirements.txt": ""})
+
+    environments = load_settings(root).settings.environments
+
+    assert set(environments) == {"staging", "prod"}
+    assert environments["prod"].approval is True
+    assert environments["staging"].release_tags == ["v*"]
