@@ -53,6 +53,14 @@ if not stderr.is_terminal and "COLUMNS" not in os.environ:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="Settings file (pipeline.toml, or a pyproject.toml with [tool.pipeline]).",
+)
+
+
 def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.argument(
         "path",
@@ -60,12 +68,7 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
         default=".",
         required=False,
     )(function)
-    function = click.option(
-        "--config",
-        "config_file",
-        type=click.Path(path_type=Path),
-        help="Settings file (pipeline.toml, or a pyproject.toml with [tool.pipeline]).",
-    )(function)
+    function = config_option(function)
     function = click.option(
         "--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout."
     )(function)
@@ -359,12 +362,7 @@ def deploy_options(function: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Project whose settings name the environments.",
     )(function)
-    function = click.option(
-        "--config",
-        "config_file",
-        type=click.Path(path_type=Path),
-        help="Settings file (pipeline.toml, or a pyproject.toml with [tool.pipeline]).",
-    )(function)
+    function = config_option(function)
     function = click.option(
         "--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout."
     )(function)
