@@ -138,6 +138,7 @@ def _find_named(client: docker.DockerClient, name: str, service: str) -> Contain
 class Staged:
     """A new proxy container that runs under a temporary name next to the old one."""
 
+    client: docker.DockerClient
     container: Container
     old: Container
     spec: ProxySpec
@@ -150,10 +151,11 @@ def ensure(
 
     Returns "created", "unchanged", "reloaded" or "recreated". A changed
     config is reloaded in the running container, which keeps serving. A
-    changed image, network or published address needs a new container. The
-    old container keeps running until the new one has started, except when
-    both publish the same address: then requests fail while the new one
-    starts, and the old one starts again when the new one fails.
+    changed image, network or published address needs a new container. On a
+    new address the old container keeps running until the new one has
+    started. On the same address it stops first and starts again when the
+    new one fails. Either way requests fail while ``_put_in_place`` renames
+    the new container.
     """
     spec.check()
     fingerprint = spec.container_fingerprint()
@@ -252,13 +254,34 @@ def _start_next(
         # An earlier deploy stopped between starting this container and renaming it.
         leftover.remove(force=True)
     container = _create(client, spec, fingerprint, name)
-    return Staged(container, old, spec)
+    return Staged(client, container, old, spec)
 
 
 def _put_in_place(staged: Staged) -> None:
-    staged.old.stop(timeout=STOP_TIMEOUT_SECONDS)
-    staged.old.remove(force=True)
-    staged.container.rename(staged.spec.name)
+    """Replace the old proxy by the staged one, under the proxy's name.
+
+    dockerd 20.10 cannot rename a running container on an overlay network
+    (it fails to register the endpoint under the new name again), so both
+    containers stop for the renames. Requests fail until the new one runs.
+    When it does not start again, the old one returns.
+    """
+    new, old, spec = staged.container, staged.old, staged.spec
+    aside = f"{spec.name}-old"
+    leftover = _find_named(staged.client, aside, spec.service)
+    if leftover is not None:
+        leftover.remove(force=True)
+    new.stop(timeout=STOP_TIMEOUT_SECONDS)
+    old.stop(timeout=STOP_TIMEOUT_SECONDS)
+    old.rename(aside)
+    new.rename(spec.name)
+    try:
+        _start(new, spec)
+    except BaseException:
+        new.remove(force=True)
+        old.rename(spec.name)
+        old.start()
+        raise
+    old.remove(force=True)
 
 
 def _published_address(container: Container) -> tuple[str, int] | None:
@@ -313,31 +336,43 @@ def _create(client: docker.DockerClient, spec: ProxySpec, fingerprint: str, name
         stop_signal="SIGUSR1",
     )
     try:
-        container.put_archive(CONFIG_DIR, _config_archive(spec.config()))
         try:
-            container.start()
-        except docker.errors.APIError as exc:
-            reason = str(exc.explanation or exc)
-            if "address already in use" in reason or "port is already allocated" in reason:
-                reason = "the address is already in use"
+            container.put_archive(CONFIG_DIR, _config_archive(spec.config()))
+        except docker.errors.NotFound:
             raise UsageError(
-                f"the proxy {spec.name!r} cannot publish "
-                f"{spec.bind}:{spec.published_port}: {reason}",
-                hint=f"set published_port to a free port, or stop what listens on "
-                f"{spec.bind}:{spec.published_port}",
+                f"the proxy image {spec.image!r} has no folder {CONFIG_DIR}, so it "
+                "cannot take the HAProxy configuration",
+                hint="set proxy_image to an HAProxy 2.x image, such as haproxy:2.6",
             ) from None
-        time.sleep(START_CHECK_SECONDS)
-        container.reload()
-        if container.status != "running":
-            logs = container.logs(tail=20).decode(errors="replace")
-            raise UsageError(
-                f"the proxy {spec.name!r} ({spec.image}) exited at start:\n{logs}",
-                hint="check that proxy_image is HAProxy 2.x",
-            )
+        _start(container, spec)
     except BaseException:
         container.remove(force=True)
         raise
     return container
+
+
+def _start(container: Container, spec: ProxySpec) -> None:
+    """Start the proxy container and raise UsageError when it does not keep running."""
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        reason = str(exc.explanation or exc)
+        if "address already in use" in reason or "port is already allocated" in reason:
+            reason = "the address is already in use"
+        raise UsageError(
+            f"the proxy {spec.name!r} cannot publish "
+            f"{spec.bind}:{spec.published_port}: {reason}",
+            hint=f"set published_port to a free port, or stop what listens on "
+            f"{spec.bind}:{spec.published_port}",
+        ) from None
+    time.sleep(START_CHECK_SECONDS)
+    container.reload()
+    if container.status != "running":
+        logs = container.logs(tail=20).decode(errors="replace")
+        raise UsageError(
+            f"the proxy {spec.name!r} ({spec.image}) exited at start:\n{logs}",
+            hint="check that proxy_image is HAProxy 2.x",
+        )
 
 
 def _read_config(container: Container) -> str | None:

@@ -158,12 +158,16 @@ class SwarmTarget:
                 self._create(client, spec, release, progress, created)
             else:
                 self._update(client, service, spec, release, progress)
-            if proxy_spec is not None and staged is None:
-                proxy.ensure(client, proxy_spec, progress)
-            self._check_url(release, progress, rolls_back=service is not None)
             if staged is not None:
+                # The URL check below then requests the proxy in its final place.
                 proxy.commit(staged, progress)
                 staged = None
+            elif proxy_spec is not None:
+                # NOTE: a new proxy_image or network on the same address is
+                # applied here, after the update. When that container fails,
+                # the old proxy runs again but the service keeps its new spec.
+                proxy.ensure(client, proxy_spec, progress)
+            self._check_url(release, progress, rolls_back=service is not None)
         except BaseException as exc:
             if staged is not None:
                 proxy.discard(staged)

@@ -3,6 +3,7 @@ settings, a poller that requests a URL while a rollout runs, and cleanup."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -20,7 +21,9 @@ from pipeline.deploy.base import Release
 from pipeline.deploy.proxy import SERVICE_LABEL, proxy_name
 from pipeline.deploy.swarm import SwarmTarget
 
-REPOSITORY = f"{REGISTRY}/rgbridge-swarm-test/app"
+# One repository per test session: sessions that run at once would otherwise
+# delete the manifests that the other one still deploys.
+REPOSITORY = f"{REGISTRY}/rgbridge-swarm-test/app-{os.getpid()}"
 PROXY_IMAGE = "haproxy:2.6"
 # Short rollout timings, so that a rollout of two tasks takes seconds.
 UPDATE_DELAY = 0.5
