@@ -39,8 +39,9 @@ VERSION = pathlib.Path(__file__).with_name("VERSION").read_text().strip()
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
+        healthy = VERSION != "broken"
         body = b"ok" if self.path == "/health" else f"version {VERSION}".encode()
-        self.send_response(200)
+        self.send_response(200 if healthy or self.path != "/health" else 500)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -122,7 +123,8 @@ def git(root: Path, *args: str) -> None:
 
 
 def audit(root: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (root / ".pipeline" / "audit.jsonl").read_text().splitlines()]
+    path = root / ".pipeline" / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def outcome(result: CliResult) -> dict[str, object]:
@@ -165,7 +167,7 @@ def test_release_promote_and_rollback(
     assert failed_steps["lint"] == "failed"
     assert failed_steps["publish"] == "skipped"
     assert not swarm_engine.services.list(filters={"name": f"{service_name}-staging"})
-    assert not (root / ".pipeline" / "audit.jsonl").exists()
+    assert audit(root) == []
 
     (root / "unused.py").unlink()
     git(root, "commit", "-qam", "remove the unused import")
@@ -224,6 +226,15 @@ def test_release_promote_and_rollback(
     assert request_text(staging_url) == "version 1.0.0"
     assert request_text(prod_url) == "version 1.0.0"
 
+    # A release whose health check fails is rolled back, and v1.0.0 serves on.
+    (root / "VERSION").write_text("broken\n")
+    git(root, "commit", "-qam", "broken")
+    git(root, "tag", "v1.2.0")
+    broken = run_cli("release", "--engine", "docker", str(root), env=env, timeout=900)
+    assert broken.returncode == 1, broken.output
+    assert "Swarm rolled it back" in broken.stderr
+    assert request_text(staging_url) == "version 1.0.0"
+
     lines = audit(root)
     summary = [(line["action"], line["environment"], line["result"]) for line in lines]
     assert summary == [
@@ -234,7 +245,10 @@ def test_release_promote_and_rollback(
         ("publish", "staging", "succeeded"),
         ("deploy", "staging", "succeeded"),
         ("rollback", "staging", "succeeded"),
+        ("publish", "staging", "succeeded"),
+        ("deploy", "staging", "rolled_back"),
     ]
+    assert lines[8]["previous"] == staging_v1
     assert all(line["actor"] == "release-manager" for line in lines)
     assert lines[3]["approval"] == "alice"
     assert lines[3]["image"] == staging_v1
