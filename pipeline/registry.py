@@ -98,10 +98,16 @@ def base_url(host: str, insecure: bool) -> str:
 
 @dataclass(frozen=True)
 class Blob:
+    """A blob's descriptor and its content on disk.
+
+    path is None for a layer taken from the local layer cache without
+    compressing it, because the registry already had the blob.
+    """
+
     digest: str
     size: int
     media_type: str
-    path: Path
+    path: Path | None
 
 
 @dataclass(frozen=True)
@@ -478,6 +484,13 @@ class RegistryClient:
     def upload_blob(self, blob: Blob) -> None:
         """Upload a blob in one piece: POST an upload, then PUT its content."""
         action = f"upload of blob {blob.digest}"
+        if blob.path is None:
+            raise PublishFailed(
+                f"registry {self.host}: blob {blob.digest} disappeared from {self.path} "
+                "during the publish, and it was not compressed here because the registry had it",
+                hint="run the publish again: it compresses the layers that the registry lacks",
+            )
+        path = blob.path
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=tenacity.wait_exponential(multiplier=self.backoff, max=BACKOFF_MAX_SECONDS),
@@ -490,7 +503,7 @@ class RegistryClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    self._upload_once(blob, action)
+                    self._upload_once(blob, path, action)
         except _Transient as exc:
             raise PublishFailed(
                 f"registry {self.host}: {action} failed after {self.attempts} "
@@ -498,7 +511,7 @@ class RegistryClient:
                 hint="run again later, or raise publish.attempts",
             ) from None
 
-    def _upload_once(self, blob: Blob, action: str) -> None:
+    def _upload_once(self, blob: Blob, path: Path, action: str) -> None:
         start = self._request("POST", self._url(f"/v2/{self.path}/blobs/uploads/"), action)
         self._expect(start, (202,), action)
         location = start.headers.get("Location")
@@ -508,7 +521,7 @@ class RegistryClient:
         separator = "&" if "?" in location else "?"
         target = f"{location}{separator}{urlencode({'digest': blob.digest})}"
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)}
-        with _opened(lambda: blob.path.open("rb")) as data:
+        with _opened(lambda: path.open("rb")) as data:
             response = self._send_once("PUT", target, headers, data, auth=True)
         if response.status_code in TRANSIENT_STATUSES:
             raise _Transient(_registry_errors(response))

@@ -16,7 +16,9 @@ import uuid
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import anyio
 import docker
 import pytest
 import requests
@@ -24,10 +26,13 @@ import requests
 from conftest import ProjectFactory, RunCli, git_init, skip_or_fail
 from pipeline.errors import UsageError
 from pipeline.project import GitInfo
-from pipeline.backends.docker_archive import prepare_image
+from pipeline.backends.docker import DockerBackend
+from pipeline.backends.docker_archive import COMPRESSION, prepare_image
+from pipeline.backends.layer_cache import CompressedLayer, LayerCache
 from pipeline.registry import base_url, split_repository
 from pipeline.run import prepare
-from pipeline.spec import PublishOutput
+from pipeline.secrets import Redactor
+from pipeline.spec import PublishOutput, PublishSpec, SecretRef
 from pipeline.steps import publish, scan
 from pipeline.steps.publish import image_tags, label_sbom
 from registry_proxy import RESET, BreakAfter, FailAfter, FailFirst, registry_proxy
@@ -231,6 +236,21 @@ class Registry:
         response.raise_for_status()
         return response.headers["Docker-Content-Digest"]
 
+    def manifest(self, path: str, reference: str) -> dict[str, Any]:
+        response = requests.get(
+            f"http://{AUTH_REGISTRY}/v2/{path}/manifests/{reference}",
+            auth=self.auth,
+            headers={"Accept": MANIFEST_ACCEPT},
+            timeout=10,
+        )
+        response.raise_for_status()
+        manifest: dict[str, Any] = response.json()
+        return manifest
+
+    def has_blob(self, path: str, digest: str) -> bool:
+        response = requests.head(f"http://{AUTH_REGISTRY}/v2/{path}/blobs/{digest}", auth=self.auth, timeout=10)
+        return response.status_code == 200
+
 
 @pytest.fixture
 def registry(registry_password: str) -> Registry:
@@ -378,6 +398,188 @@ def test_prepare_image_deterministic(engine: docker.DockerClient, tmp_path: Path
         engine.images.remove(tag)
     assert digests[0] == digests[1]
     assert digests[0].startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"\xff\xfe\x00garbage",
+        b"",
+        b"[1, 2]",
+        b'{"version": 99, "layers": {}}',
+        b'{"version": 1, "layers": []}',
+        b'{"version": 1, "layers": {"k": {"digest": "sha256:xyz", "size": -1}}}',
+    ],
+)
+def test_layer_cache_ignores_corrupt_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "cache" / "layer-digests.json"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    diff_id = "sha256:" + "a" * 64
+    layer = CompressedLayer("sha256:" + "b" * 64, 1234)
+
+    cache = LayerCache(path)
+    assert cache.get(diff_id, COMPRESSION) is None
+    cache.put(diff_id, COMPRESSION, layer)
+    cache.save()
+
+    assert json.loads(path.read_text())["version"] == 1
+    assert LayerCache(path).get(diff_id, COMPRESSION) == layer
+    assert LayerCache(path).get(diff_id, "gzip level=9") is None
+    assert [entry.name for entry in path.parent.iterdir()] == [path.name]
+
+
+def test_layer_cache_save_keeps_other_entries(tmp_path: Path) -> None:
+    """Two publishes that save one after the other keep both their entries."""
+    path = tmp_path / "layer-digests.json"
+    first, second = LayerCache(path), LayerCache(path)
+    first.put("sha256:" + "1" * 64, COMPRESSION, CompressedLayer("sha256:" + "a" * 64, 10))
+    second.put("sha256:" + "2" * 64, COMPRESSION, CompressedLayer("sha256:" + "b" * 64, 20))
+    first.save()
+    second.save()
+
+    reloaded = LayerCache(path)
+    assert reloaded.get("sha256:" + "1" * 64, COMPRESSION) == CompressedLayer("sha256:" + "a" * 64, 10)
+    assert reloaded.get("sha256:" + "2" * 64, COMPRESSION) == CompressedLayer("sha256:" + "b" * 64, 20)
+
+
+@pytest.mark.engine
+def test_prepare_image_cached_same_manifest(engine: docker.DockerClient, tmp_path: Path) -> None:
+    """A layer taken from the cache gives the manifest bytes of a compressed one."""
+    rootfs = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs, "w") as tar:
+        source = tmp_path / "a.txt"
+        source.write_text("layer content " * 5000)
+        tar.add(source, arcname="a.txt")
+    version = uuid.uuid4().hex[:8]
+    tag = f"rgb-publish-tiny:{version}"
+    engine.api.import_image(src=str(rootfs), repository="rgb-publish-tiny", tag=version)
+    cache = LayerCache(tmp_path / "cache" / "layer-digests.json")
+    requested: list[str] = []
+
+    def registry_has(digest: str) -> bool:
+        requested.append(digest)
+        return True
+
+    try:
+        prepared = []
+        for attempt in range(2):
+            folder = tmp_path / f"prepared{attempt}"
+            folder.mkdir()
+            archive = folder / "image.tar"
+            with archive.open("wb") as out:
+                for chunk in engine.images.get(tag).save(named=False):
+                    out.write(chunk)
+            prepared.append(prepare_image(archive, folder, cache=cache, registry_has=registry_has))
+    finally:
+        engine.images.remove(tag)
+    cold, warm = prepared
+    assert warm.manifest == cold.manifest
+    assert cold.layers[0].path is not None
+    assert warm.layers[0].path is None
+    assert requested == [cold.layers[0].digest]
+
+
+def _publish_image(image: str, repository: str, log_file: Path) -> PublishOutput:
+    """Publish a local image with the Docker backend, as the publish step does."""
+    redactor = Redactor()
+    backend = DockerBackend(f"rgb-publish-{uuid.uuid4().hex[:12]}", redactor)
+    spec = PublishSpec(
+        name="publish",
+        image=image,
+        repository=repository,
+        tags=("cached",),
+        username=AUTH_USER,
+        password=SecretRef("password", f"env://{PASSWORD_VARIABLE}"),
+        log_file=log_file,
+    )
+    lines: list[str] = []
+    try:
+        return anyio.run(backend.publish, spec, lines.append)
+    finally:
+        anyio.run(backend.close)
+        backend.client.close()
+
+
+@pytest.mark.engine
+def test_publish_warm_layer_cache_same_digest(
+    engine: docker.DockerClient,
+    registry: Registry,
+    registry_password: str,
+    repository_path: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same image published with a cold, then a warm layer cache gets one
+    digest; a cached layer that the target repository lacks is compressed."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv(PASSWORD_VARIABLE, registry_password)
+    cache_file = tmp_path / "xdg-cache" / "rgbridge-pipeline" / "layer-digests.json"
+    image = "python:3.11-slim"
+    # Pulled through dockerd's mirror, which scripts/setup fills.
+    layer_count = len(engine.images.pull("python", tag="3.11-slim").attrs["RootFS"]["Layers"])
+    repository = f"{AUTH_REGISTRY}/{repository_path}"
+
+    cold = _publish_image(image, repository, tmp_path / "cold.log")
+    cold_log = (tmp_path / "cold.log").read_text()
+    assert cold_log.count("compressed layer sha256:") == layer_count
+    assert "compression skipped" not in cold_log
+    assert len(json.loads(cache_file.read_text())["layers"]) == layer_count
+
+    warm = _publish_image(image, repository, tmp_path / "warm.log")
+    warm_log = (tmp_path / "warm.log").read_text()
+    assert warm.digest == cold.digest
+    assert warm_log.count("compression skipped (layer cache)") == layer_count
+    assert "compressed layer sha256:" not in warm_log
+    assert registry.digest(repository_path, "cached") == cold.digest
+
+    # Blobs belong to a repository, so a new one has none of the cached blobs.
+    fresh_path = f"rgb-publish/{uuid.uuid4().hex[:12]}"
+    fresh = _publish_image(image, f"{AUTH_REGISTRY}/{fresh_path}", tmp_path / "fresh.log")
+    fresh_log = (tmp_path / "fresh.log").read_text()
+    assert fresh.digest == cold.digest
+    assert fresh_log.count("lacks the cached blob") == layer_count
+    assert fresh_log.count("compressed layer sha256:") == layer_count
+    assert "compression skipped" not in fresh_log
+    assert registry.digest(fresh_path, "cached") == cold.digest
+    for layer in registry.manifest(fresh_path, cold.digest)["layers"]:
+        assert registry.has_blob(fresh_path, layer["digest"]), layer
+
+
+@pytest.mark.engine
+def test_publish_cli_skips_compression_second_time(
+    project_factory: ProjectFactory,
+    run_cli: RunCli,
+    registry: Registry,
+    registry_password: str,
+    repository_path: str,
+    tmp_path: Path,
+) -> None:
+    """Publishing a commit again compresses nothing and pushes the same layers.
+
+    The config differs, because the build labels the image with its creation time.
+    """
+    repository = f"{AUTH_REGISTRY}/{repository_path}"
+    project = sample(project_factory, repository)
+    env = {PASSWORD_VARIABLE: registry_password, "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
+    publish_log = project / ".pipeline" / "reports" / "publish.log"
+
+    cold = run_cli("publish", str(project), "--env", "dev", "--json", env=env)
+    assert cold.returncode == 0, cold.output
+    cold_log = publish_log.read_text()
+    assert "compressed layer sha256:" in cold_log
+    assert "compression skipped" not in cold_log
+
+    warm = run_cli("publish", str(project), "--env", "dev", "--json", env=env)
+    assert warm.returncode == 0, warm.output
+    warm_log = publish_log.read_text()
+    assert "compression skipped (layer cache)" in warm_log
+    assert "compressed layer sha256:" not in warm_log
+    cold_manifest = registry.manifest(repository_path, cold.step("publish")["details"]["digest"])
+    warm_manifest = registry.manifest(repository_path, warm.step("publish")["details"]["digest"])
+    assert warm_manifest["layers"] == cold_manifest["layers"]
+    assert registry.digest(repository_path, "latest") == warm.step("publish")["details"]["digest"]
 
 
 @pytest.mark.engine

@@ -48,6 +48,7 @@ from ..spec import (
     StepSpec,
 )
 from .base import StepOutputCallback
+from . import layer_cache
 from .docker_archive import prepare_image
 
 log = logging.getLogger(__name__)
@@ -614,7 +615,13 @@ class DockerBackend:
                 registry.check_access()
                 with tempfile.TemporaryDirectory(prefix="pipeline-publish-") as scratch:
                     archive = self._save_image(spec.image, Path(scratch) / "image.tar")
-                    image = prepare_image(archive, Path(scratch))
+                    image = prepare_image(
+                        archive,
+                        Path(scratch),
+                        cache=layer_cache.LayerCache(layer_cache.default_path()),
+                        registry_has=registry.blob_exists,
+                        notify=notify,
+                    )
                     notify(f"pushing {spec.image} ({image.digest}) to {spec.repository}")
                     published = registry.push(image, spec.tags)
             notify(f"published {published.reference} as {', '.join(published.tags)}")
