@@ -10,6 +10,7 @@ import stat
 import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class GitInfo:
     tag: str | None
     remote_url: str | None
     dirty: bool
+    # The commit's time, UTC, ISO 8601; None where it is unknown.
+    committed: str | None = None
 
     @property
     def short(self) -> str:
@@ -95,6 +98,14 @@ def _git(path: Path, *args: str) -> str | None:
     if output is None:
         return None
     return output.decode(errors="replace").strip()
+
+
+def _utc(timestamp: str | None) -> str | None:
+    try:
+        moment = datetime.fromisoformat(timestamp or "")
+    except ValueError:
+        return None
+    return moment.astimezone(timezone.utc).isoformat()
 
 
 RELEASE_TAG = re.compile(r"v\d+\.\d+\.\d+(?:[-+].*)?")
@@ -336,7 +347,8 @@ class Project:
         remote = _git(self.path, "remote", "get-url", "origin")
         excluded = [f":(exclude,literal){folder}" for folder in self._state_dirs()]
         status = _git(self.path, "status", "--porcelain", "--", ".", *excluded)
-        return GitInfo(commit, tag or None, _public_url(remote), bool(status))
+        committed = _utc(_git(self.path, "show", "-s", "--format=%cI", "HEAD"))
+        return GitInfo(commit, tag or None, _public_url(remote), bool(status), committed)
 
     @cached_property
     def _gitignore_lines(self) -> tuple[str, ...]:

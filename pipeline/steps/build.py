@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..backends.base import Backend, StepOutputCallback
 from ..errors import ConfigError
+from ..project import GitInfo
 from ..results import Finding, Status, StepResult
 from ..spec import BuildOutput, BuildSpec, SecretMount, SecretRef
 from ._context import Context, log_name, tail
@@ -65,7 +66,7 @@ def describe(ctx: Context, log_file: Path | None = None) -> BuildSpec:
     )
     labels = [
         ("org.opencontainers.image.revision", project.revision),
-        ("org.opencontainers.image.created", _now()),
+        ("org.opencontainers.image.created", _created(git)),
         ("org.opencontainers.image.version", version),
         ("org.opencontainers.image.title", name),
         ("org.opencontainers.image.source", (git.remote_url if git else None) or ""),
@@ -84,6 +85,15 @@ def describe(ctx: Context, log_file: Path | None = None) -> BuildSpec:
         secrets=secrets,
         log_file=log_file,
     )
+
+
+def _created(git: GitInfo | None) -> str:
+    """The commit's time for a committed tree, so that building the same
+    commit again gives the same image configuration and, with cached
+    layers, the same image ID and registry digest; else the current time."""
+    if git is not None and not git.dirty and git.committed:
+        return git.committed
+    return _now()
 
 
 def _now() -> str:

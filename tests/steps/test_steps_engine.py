@@ -127,6 +127,25 @@ def test_build_log_written(
     assert log.rstrip().endswith("[exit code 1]")
 
 
+def test_rebuild_of_commit_same_image(
+    engine: docker.DockerClient, project_factory: ProjectFactory, run_cli: RunCli
+) -> None:
+    # The created label takes the commit's time, so a rebuild of the same
+    # commit is the same image, and a publish of it the same digest.
+    root = project_factory(
+        {**MINIMAL, "Dockerfile": "FROM python:3.11-slim\nRUN echo rebuild > /marker\n"}, git=True
+    )
+
+    first = run_cli("build", str(root), "--json")
+    second = run_cli("build", str(root), "--json")
+
+    assert first.returncode == 0, first.output
+    assert second.returncode == 0, second.output
+    assert first.record()["image"]["id"] == second.record()["image"]["id"]
+    labels = engine.images.get(first.record()["image"]["id"]).labels
+    assert labels["org.opencontainers.image.created"].endswith("+00:00")
+
+
 def test_trivy_failure_named(
     base_image: str, project_factory: ProjectFactory, run_cli: RunCli
 ) -> None:
