@@ -44,6 +44,9 @@ class Context:
     # What the publish step pushed; deploys use its ``reference``
     # (``repository@sha256:...``).
     published: PublishOutput | None = None
+    # The push the publish step started, even if the run was interrupted
+    # before it returned: (repository, tags).
+    publishing: tuple[str, tuple[str, ...]] | None = None
 
     def source(self) -> SourceMount:
         return SourceMount(

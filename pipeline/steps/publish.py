@@ -174,6 +174,7 @@ async def run(ctx: Context, backend: Backend, on_output: StepOutputCallback) -> 
         "tags": list(spec.tags),
     }
     ctx.reports_dir.mkdir(parents=True, exist_ok=True)
+    ctx.publishing = (spec.repository, spec.tags)
     try:
         published = await backend.publish(spec, on_output)
     except PublishFailed as exc:
@@ -213,7 +214,20 @@ def audit_entry(ctx: Context, actor: str = "") -> Entry | None:
     """
     result = ctx.results.get(NAME)
     if result is None or result.status not in (Status.PASSED, Status.FAILED):
-        return None
+        if ctx.publishing is None:
+            return None
+        # Interrupted during the push: some tags may already exist.
+        repository, tags = ctx.publishing
+        return Entry(
+            "publish",
+            ctx.environment,
+            None,
+            result="failed",
+            detail=f"interrupted during the push to {repository}; any of the "
+            f"tags {', '.join(tags)} may exist there",
+            tags=list(tags),
+            actor=actor,
+        )
     published = ctx.published
     tags = published.tags if published else result.details.get("existing_tags", [])
     return Entry(
