@@ -88,9 +88,12 @@ def describe(ctx: Context, log_file: Path | None = None) -> BuildSpec:
 
 
 def _created(git: GitInfo | None) -> str:
-    """The commit's time for a committed tree, so that building the same
-    commit again gives the same image configuration and, with cached
-    layers, the same image ID and registry digest; else the current time."""
+    """Return the commit's time for a committed tree, else the current time.
+
+    With the commit's time, a rebuild of the same commit has the same image
+    configuration. With cached layers it is the same image, so a publish
+    gives the same registry digest.
+    """
     if git is not None and not git.dirty and git.committed:
         return git.committed
     return _now()

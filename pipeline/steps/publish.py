@@ -210,7 +210,7 @@ def audit_entry(ctx: Context, actor: str = "") -> Entry | None:
     """The audit line of the run's publish, or None when it never started.
 
     A failed push lists the tags that exist after it. Without ``actor`` the
-    trail names whoever runs the pipeline (see pipeline.audit.actor).
+    trail names the user that pipeline.audit.actor finds.
     """
     result = ctx.results.get(NAME)
     if result is None or result.status not in (Status.PASSED, Status.FAILED):

@@ -2,7 +2,7 @@
 out to its `dev` environment on the swarm, through the real CLI.
 
 The example's settings name fixed ports and service names for people who try
-it by hand; this test moves them aside with PIPELINE_* variables, as a CI job
+it by hand. This test moves them aside with PIPELINE_* variables, as a CI job
 would.
 """
 
