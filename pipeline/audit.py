@@ -30,7 +30,7 @@ Result = Literal["succeeded", "failed", "rolled_back", "refused"]
 @dataclass
 class Entry:
     """One line of the trail. ``image`` is a ``repository@sha256:...``
-    reference; ``approval`` is the name of whoever approved, if anyone."""
+    reference; ``approval`` is the approver's name, or None."""
 
     action: Action
     environment: str | None
@@ -54,7 +54,7 @@ class Entry:
         return json.dumps({**first, **data}, separators=(",", ":"))
 
 
-# Where the CI systems name who started a job, most specific first.
+# Variables in which CI systems name the user who started a job, most specific first.
 ACTOR_VARIABLES = (
     "PIPELINE_ACTOR",
     "GITHUB_TRIGGERING_ACTOR",
@@ -92,7 +92,7 @@ def actor(project: Path, environ: Mapping[str, str] | None = None) -> str:
 
 
 def ci_context(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The CI job that acted, so a line leads back to its log."""
+    """Return the CI job that acted, so that a line leads back to its log."""
     env = os.environ if environ is None else environ
     if env.get("GITHUB_ACTIONS") == "true":
         server = env.get("GITHUB_SERVER_URL", "https://github.com")
@@ -205,7 +205,7 @@ class Trail:
             ) from exc
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every line of the trail, oldest first; an absent file has none."""
+        """Return every line of the trail, oldest first. An absent file has none."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -1000,8 +1000,8 @@ HOST_ABSOLUTE_PATHS = (("reports_dir",), ("audit", "path"))
 
 
 def _host_origin(origin: str) -> bool:
-    """Whether a value came from the host (a variable, the user config or a
-    flag) rather than from the project's own files."""
+    """Return whether a value came from the host (a variable, the user config
+    or a flag) rather than from the project's own files."""
     return origin.startswith("environment variable") or origin in (
         str(user_config_path()),
         "command-line options",
@@ -1154,7 +1154,7 @@ def iter_fields(
             yield f"{prefix}{name}", {}, info.description or ""
             yield from iter_fields(args[1], f"{prefix}{name}.NAME.")
         elif args and all(_is_model(arg) for arg in args):
-            # A choice of tables told apart by their `kind`.
+            # A choice of tables, distinguished by their `kind`.
             for arg in args:
                 yield from iter_fields(arg, f"{prefix}{name}.")
         else:

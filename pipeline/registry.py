@@ -270,13 +270,7 @@ class RegistryClient:
         PublishFailed when the registry cannot be reached, or when every
         attempt failed.
         """
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
-            wait=tenacity.wait_exponential(multiplier=self.backoff, max=BACKOFF_MAX_SECONDS),
-            retry=tenacity.retry_if_exception_type(_Transient),
-            before_sleep=lambda state: self._log_retry(action, state),
-            reraise=True,
-        )
+        retrying = self._retrying(action)
         try:
             for attempt in retrying:
                 with attempt:
@@ -289,6 +283,16 @@ class RegistryClient:
                 "again later, or raise publish.attempts",
             ) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _retrying(self, action: str) -> tenacity.Retrying:
+        """Retry ``_Transient`` failures with exponential backoff, logging each retry."""
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=tenacity.wait_exponential(multiplier=self.backoff, max=BACKOFF_MAX_SECONDS),
+            retry=tenacity.retry_if_exception_type(_Transient),
+            before_sleep=lambda state: self._log_retry(action, state),
+            reraise=True,
+        )
 
     def _send(
         self,
@@ -491,13 +495,7 @@ class RegistryClient:
                 hint="run the publish again: it compresses the layers that the registry lacks",
             )
         path = blob.path
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
-            wait=tenacity.wait_exponential(multiplier=self.backoff, max=BACKOFF_MAX_SECONDS),
-            retry=tenacity.retry_if_exception_type(_Transient),
-            before_sleep=lambda state: self._log_retry(action, state),
-            reraise=True,
-        )
+        retrying = self._retrying(action)
         # Each request is retried by itself; a failed PUT also restarts the
         # upload, because a registry may drop an upload that failed.
         try:

@@ -39,8 +39,8 @@ MAX_SECRET_BYTES = 64 * 1024
 
 
 def _written_forms(value: str) -> set[str]:
-    """The value as written raw, in JSON strings and in Python reprs, where
-    quotes, backslashes and non-ASCII characters are escaped."""
+    """Return the value as written raw, in JSON strings and in Python reprs,
+    where quotes, backslashes and non-ASCII characters are escaped."""
     return {
         value,
         json.dumps(value)[1:-1],

@@ -57,7 +57,7 @@ def test_unknown_environment_names_the_configured_ones(project: Path, run_cli: R
         (f"127.0.0.1:5001/other@{DIGEST}", "not in the registry of environment 'staging'"),
     ],
 )
-def test_images_that_are_not_digests_in_the_registry_are_refused(
+def test_deploy_rejects_non_digest_images(
     project: Path, run_cli: RunCli, image: str, message: str
 ) -> None:
     result = run_cli("deploy", "--env", "staging", "-C", str(project), image)

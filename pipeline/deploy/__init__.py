@@ -1,10 +1,10 @@
 """Deploys, promotions and rollbacks of published images to environments.
 
 The CLI and the Dagger module call ``Deployer``; the targets (``swarm``,
-``kubernetes``) only roll images out. Everything that decides whether a
-deploy may happen (the environment exists, the image is a digest in the
-environment's registry, an approval is given where needed) runs here, before
-a target is touched, and every attempt ends as one line of the audit trail.
+``kubernetes``) only roll images out. Every check that decides whether a
+deploy may happen runs here, before a target is touched: the environment
+exists, the image is a digest in the environment's registry, and an approval
+is given where needed. Every attempt ends as one line of the audit trail.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ DIGEST_REFERENCE = re.compile(
 
 
 def environment(settings: Settings, name: str, project: Path | None = None) -> EnvironmentSettings:
-    """The settings of one environment, or a UsageError that lists the others."""
+    """Return the settings of one environment, or raise UsageError listing the others."""
     try:
         return settings.environments[name]
     except KeyError:
@@ -89,7 +89,7 @@ def approval(name: str, env: EnvironmentSettings, approved_by: str | None) -> st
 
 
 def release_environment(settings: Settings, tag: str | None) -> str:
-    """The first environment whose ``release_tags`` match the git tag."""
+    """Return the first environment whose ``release_tags`` match the git tag."""
     if tag is None:
         raise UsageError(
             "release needs a git tag on the commit, and there is none",
@@ -110,7 +110,7 @@ def release_environment(settings: Settings, tag: str | None) -> str:
 
 
 def resource_name(name: str, env: EnvironmentSettings) -> str:
-    """The Swarm service or Kubernetes object the environment runs as."""
+    """Return the name of the Swarm service or Kubernetes objects of an environment."""
     target = env.target
     if target.kind == "swarm" and target.service:
         return target.service

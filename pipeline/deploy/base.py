@@ -1,4 +1,4 @@
-"""What every deploy target offers, and the release it rolls out."""
+"""The interface of deploy targets, and the release they roll out."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class Target(Protocol):
     """
 
     def current_image(self) -> str | None:
-        """The image reference that runs now, or None when nothing is deployed."""
+        """Return the image reference that runs now, or None when nothing is deployed."""
         ...
 
     def deploy(self, release: Release, progress: Progress) -> Outcome:

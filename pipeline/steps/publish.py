@@ -207,7 +207,7 @@ def _logs(spec: PublishSpec) -> list[Path]:
 
 
 def audit_entry(ctx: Context, actor: str = "") -> Entry | None:
-    """The audit line of the run's publish, or None when it never started.
+    """Build the audit line of the run's publish, or None when it never started.
 
     A failed push lists the tags that exist after it. Without ``actor`` the
     trail names the user that pipeline.audit.actor finds.
